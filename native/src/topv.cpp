@@ -1,0 +1,485 @@
+// The TopV pass: shared/TOPV.md section 3, decisions in docs/pass.md.
+#include "topv.h"
+
+#include "topv-gemm.h"
+#include "topv-threads.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <new>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int64_t ROW_BLOCK  = 144;   // rows per task: fixed (results never depend on threads), large
+                                      // enough to amortise packing B in the Gram kernel
+constexpr double  EXP_LIMIT  = 700.0; // exp(-700) ~ 1e-304 is still a normal double
+constexpr double  RMS_EPS    = 1e-6;
+constexpr double  F_RANGE_MIN = 1e-4; // a smaller spread of F is rounding noise: treat F as constant
+
+struct inputs {
+    const float   * source;
+    const float   * target;
+    int64_t         n;
+    int64_t         d;
+    const int32_t * x;
+    const int32_t * y;
+    int32_t         w;
+    int32_t         h;
+    int64_t         n_keep;
+    topv_params     p;
+    int             n_threads;
+};
+
+int32_t check_params(const topv_params & p) {
+    if (p.method != TOPV_METHOD_TOPV && p.method != TOPV_METHOD_UNIFORM && p.method != TOPV_METHOD_NORM) {
+        return TOPV_STATUS_BAD_PARAM;
+    }
+    const auto nonneg = [](float v) { return std::isfinite(v) && v >= 0.0f; };
+    const auto pos    = [](float v) { return std::isfinite(v) && v > 0.0f; };
+    if (!nonneg(p.alpha) || !nonneg(p.beta) || !nonneg(p.gamma) || !pos(p.sigma) || !pos(p.eps)) {
+        return TOPV_STATUS_BAD_PARAM;
+    }
+    if (std::isnan(p.tau) || p.tau <= 0.0f || p.iters < 1 || !(p.recover >= 0.0f && p.recover <= 1.0f)) {
+        return TOPV_STATUS_BAD_PARAM;
+    }
+    // C = alpha F + beta P + gamma E with F, E in [0, 1] and P in [0, 1): bounded by the weights.
+    if (((double) p.alpha + p.beta + p.gamma) / p.eps >= EXP_LIMIT) {
+        return TOPV_STATUS_EPS_RANGE;
+    }
+    return TOPV_STATUS_OK;
+}
+
+// exp(x) for x in [-708, 0], which the eps guard ensures for -C / eps. Branch-free
+// and inlined (libm's exp was most of the pass's time at large N), the same bits
+// on every platform: Cody-Waite reduction x = n ln2 + r with |r| <= ln2 / 2, a
+// degree-13 Taylor polynomial (truncation error < 1e-17), then the exponent bits.
+inline double exp_nonpositive(double x) {
+    constexpr double log2e  = 1.4426950408889634;
+    constexpr double ln2_hi = 6.93147180369123816490e-01;
+    constexpr double ln2_lo = 1.90821492927058770002e-10;
+    constexpr double round  = 6755399441055744.0; // 1.5 * 2^52: adding it rounds to an integer
+    const double n = (x * log2e + round) - round;
+    const double r = (x - n * ln2_hi) - n * ln2_lo;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    const uint64_t bits = (uint64_t) ((int64_t) n + 1023) << 52;
+    double scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+// Dot products with 8 independent lanes added in a fixed order: vectorisable
+// without -ffast-math, and the same result on every run.
+template <typename T>
+double dot(const T * a, const T * b, int64_t n) {
+    double lanes[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        for (int l = 0; l < 8; ++l) lanes[l] += (double) a[k + l] * (double) b[k + l];
+    }
+    double s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    for (; k < n; ++k) s += (double) a[k] * (double) b[k];
+    return s;
+}
+
+// Sum of squares of each row, in double. A NaN or Inf anywhere in a row makes
+// its sum non-finite (no finite float squares to Inf in double), so this is
+// also the input check. Returns false if any row is non-finite.
+bool row_sum_squares(const float * x, int64_t n, int64_t d, int n_threads, std::vector<double> & out) {
+    out.resize((size_t) n);
+    topv::parallel_for((n + ROW_BLOCK - 1) / ROW_BLOCK, n_threads, [&](int64_t b, int) {
+        for (int64_t i = b * ROW_BLOCK; i < std::min(n, (b + 1) * ROW_BLOCK); ++i) {
+            out[(size_t) i] = dot(x + i * d, x + i * d, d);
+        }
+    });
+    for (double v : out) {
+        if (!std::isfinite(v)) return false;
+    }
+    return true;
+}
+
+// Indices of the `count` largest scores, ties to the lower index, in that order.
+std::vector<int32_t> top_indices(const std::vector<double> & scores, int64_t count) {
+    std::vector<int32_t> order(scores.size());
+    std::iota(order.begin(), order.end(), 0);
+    const auto better = [&](int32_t a, int32_t b) {
+        return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+    };
+    std::partial_sort(order.begin(), order.begin() + count, order.end(), better);
+    order.resize((size_t) count);
+    return order;
+}
+
+// TOPV.md step 7: the K - R best, plus R recovered at a regular stride from the rest.
+std::vector<int32_t> select_with_recovery(const std::vector<double> & r, int64_t n_keep, double recover) {
+    const int64_t n = (int64_t) r.size();
+    const int64_t n_recover = (int64_t) std::floor(recover * (double) n_keep);
+    std::vector<int32_t> kept = top_indices(r, n_keep - n_recover);
+    if (n_recover > 0) {
+        std::vector<char> taken((size_t) n, 0);
+        for (int32_t i : kept) taken[i] = 1;
+        std::vector<int32_t> rest;
+        rest.reserve((size_t) (n - (int64_t) kept.size()));
+        for (int32_t i = 0; i < n; ++i) {
+            if (!taken[i]) rest.push_back(i);
+        }
+        const int64_t m = (int64_t) rest.size();
+        for (int64_t k = 0; k < n_recover; ++k) {
+            kept.push_back(rest[(size_t) (((2 * k + 1) * m) / (2 * n_recover))]);
+        }
+    }
+    std::sort(kept.begin(), kept.end());
+    return kept;
+}
+
+// The transport problem of TOPV.md steps 1-6. The N x N kernel is either stored
+// (N^2 doubles within max_scratch_bytes) or recomputed block by block on every
+// pass over it (iters + 2 passes), which bounds scratch memory at
+// O(N * ROW_BLOCK * threads).
+class transport {
+public:
+    transport(const inputs & in, const std::vector<double> & source_sq, const std::vector<double> & target_sq)
+        : in_(in), n_(in.n), n_blocks_((in.n + ROW_BLOCK - 1) / ROW_BLOCK) {
+        row_stats(source_sq, ps_, ia_);
+        row_stats(target_sq, pt_, ib_);
+        spatial_terms();
+        gemm_.resize((size_t) in.n_threads);
+        gram_.resize((size_t) in.n_threads);
+        stored_ = (double) n_ * (double) n_ * sizeof(double) <= (double) in.p.max_scratch_bytes;
+        if (stored_) {
+            kernel_.resize((size_t) (n_ * n_));
+        } else {
+            rows_.resize((size_t) in.n_threads);
+        }
+        feature_range();
+    }
+
+    // Row sums of the plan: r_i = u_i (K v)_i after `iters` Sinkhorn iterations.
+    std::vector<double> importance() {
+        const topv_params & p = in_.p;
+        const double marginal = 1.0 / (double) n_;
+        const double lam = std::isinf(p.tau) ? 1.0 : (double) p.tau / ((double) p.tau + (double) p.eps);
+        std::vector<double> u((size_t) n_), v((size_t) n_, 1.0), kv((size_t) n_);
+        for (int it = 0; it < p.iters; ++it) {
+            // u_i needs only row i of K v, so one sweep gives K v, u and K^T u
+            const std::vector<double> ktu = sweep(v, [&](int64_t i, double kv_i) {
+                u[i] = lam == 1.0 ? marginal / kv_i : std::pow(marginal / kv_i, lam);
+                return u[i];
+            });
+            for (int64_t j = 0; j < n_; ++j) {
+                v[j] = marginal / ktu[j];
+            }
+        }
+        sweep(v, [&](int64_t i, double kv_i) {
+            kv[i] = kv_i;
+            return 0.0;
+        });
+        for (int64_t i = 0; i < n_; ++i) {
+            u[i] *= kv[i];
+        }
+        return u;
+    }
+
+private:
+    // sum(x^2) per row -> squared norm after RMS normalisation / d, and 1 / rms.
+    void row_stats(const std::vector<double> & sum_sq, std::vector<double> & sq, std::vector<double> & inv_rms) const {
+        sq.resize((size_t) n_);
+        inv_rms.resize((size_t) n_);
+        for (int64_t i = 0; i < n_; ++i) {
+            const double ms = sum_sq[(size_t) i] / (double) in_.d;
+            sq[i] = ms / (ms + RMS_EPS);
+            inv_rms[i] = 1.0 / std::sqrt(ms + RMS_EPS);
+        }
+    }
+
+    void spatial_terms() {
+        const double sigma_px = (double) in_.p.sigma * (double) std::max(in_.w, in_.h);
+        // P depends on (|dx|, |dy|) only: a W x H table instead of N^2 exponentials.
+        spatial_.resize((size_t) in_.w * in_.h);
+        for (int32_t dy = 0; dy < in_.h; ++dy) {
+            for (int32_t dx = 0; dx < in_.w; ++dx) {
+                const double d2 = (double) dx * dx + (double) dy * dy;
+                spatial_[(size_t) dy * in_.w + dx] = 1.0 - std::exp(-d2 / (2.0 * sigma_px * sigma_px));
+            }
+        }
+        const double cx = (in_.w - 1) / 2.0, cy = (in_.h - 1) / 2.0;
+        const double norm = std::sqrt(cx * cx + cy * cy);
+        central_.resize((size_t) n_);
+        for (int64_t i = 0; i < n_; ++i) {
+            const double ddx = in_.x[i] - cx, ddy = in_.y[i] - cy;
+            central_[i] = norm > 0.0 ? std::sqrt(ddx * ddx + ddy * ddy) / norm : 0.0;
+        }
+    }
+
+    int64_t block_rows(int64_t b) const { return std::min(ROW_BLOCK, n_ - b * ROW_BLOCK); }
+
+    // F_ij = ||s_i / rms_i - t_j / rms_j||^2 / d, expanded around the Gram matrix S T^T.
+    void feature_cost(int64_t b, int worker, double * dst) {
+        const int64_t i0 = b * ROW_BLOCK, rows = block_rows(b);
+        std::vector<double> & g = gram_[(size_t) worker];
+        g.resize((size_t) (ROW_BLOCK * n_));
+        topv::gram_rows(in_.source, i0, i0 + rows, in_.target, n_, in_.d, g.data(), gemm_[(size_t) worker]);
+        const double two_over_d = 2.0 / (double) in_.d;
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r;
+            const double scale = two_over_d * ia_[i];
+            for (int64_t j = 0; j < n_; ++j) {
+                const double f = ps_[i] + pt_[j] - scale * ib_[j] * g[(size_t) (r * n_ + j)];
+                dst[r * n_ + j] = f > 0.0 ? f : 0.0;
+            }
+        }
+    }
+
+    // In place: F -> K = exp(-(alpha F_scaled + beta P + gamma E) / eps).
+    void feature_to_kernel(int64_t b, double * rows) const {
+        const topv_params & p = in_.p;
+        const double range = f_max_ - f_min_;
+        const double inv_range = range >= F_RANGE_MIN ? 1.0 / range : 0.0;
+        const int64_t i0 = b * ROW_BLOCK;
+        for (int64_t r = 0; r < block_rows(b); ++r) {
+            const int64_t i = i0 + r;
+            const double row_cost = (double) p.gamma * central_[i];
+            double * row = rows + r * n_;
+            for (int64_t j = 0; j < n_; ++j) {
+                const int32_t dx = std::abs(in_.x[i] - in_.x[j]), dy = std::abs(in_.y[i] - in_.y[j]);
+                const double c = (double) p.alpha * (row[j] - f_min_) * inv_range
+                               + (double) p.beta * spatial_[(size_t) dy * in_.w + dx] + row_cost;
+                row[j] = -c / (double) p.eps;
+            }
+            for (int64_t j = 0; j < n_; ++j) { // a separate loop, so that it vectorises
+                row[j] = exp_nonpositive(row[j]);
+            }
+        }
+    }
+
+    void feature_range() {
+        std::vector<double> lo((size_t) n_blocks_), hi((size_t) n_blocks_);
+        topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
+            double * dst = stored_ ? &kernel_[(size_t) (b * ROW_BLOCK * n_)] : scratch_rows(worker);
+            feature_cost(b, worker, dst);
+            const auto mm = std::minmax_element(dst, dst + block_rows(b) * n_);
+            lo[b] = *mm.first;
+            hi[b] = *mm.second;
+        });
+        f_min_ = *std::min_element(lo.begin(), lo.end());
+        f_max_ = *std::max_element(hi.begin(), hi.end());
+        if (stored_) {
+            topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int) {
+                feature_to_kernel(b, &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
+            });
+        }
+    }
+
+    double * scratch_rows(int worker) {
+        std::vector<double> & rows = rows_[(size_t) worker];
+        rows.resize((size_t) (ROW_BLOCK * n_));
+        return rows.data();
+    }
+
+    // Calls fn(b, K rows of block b) for every block, in parallel.
+    template <typename Fn>
+    void for_each_block(Fn && fn) {
+        topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
+            if (stored_) {
+                fn(b, (const double *) &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
+            } else {
+                double * rows = scratch_rows(worker);
+                feature_cost(b, worker, rows);
+                feature_to_kernel(b, rows);
+                fn(b, (const double *) rows);
+            }
+        });
+    }
+
+    // One pass over K: for each row i, w_i = row_fn(i, (K v)_i); returns K^T w.
+    // K^T w is summed per block and the blocks added in order: independent of threads.
+    template <typename RowFn>
+    std::vector<double> sweep(const std::vector<double> & v, RowFn && row_fn) {
+        partial_.assign((size_t) (n_blocks_ * n_), 0.0);
+        for_each_block([&](int64_t b, const double * rows) {
+            double * acc = &partial_[(size_t) (b * n_)];
+            for (int64_t r = 0; r < block_rows(b); ++r) {
+                const double * row = rows + r * n_;
+                const double w = row_fn(b * ROW_BLOCK + r, dot(row, v.data(), n_));
+                if (w != 0.0) {
+                    for (int64_t j = 0; j < n_; ++j) acc[j] += row[j] * w;
+                }
+            }
+        });
+        std::vector<double> out(partial_.begin(), partial_.begin() + n_);
+        for (int64_t b = 1; b < n_blocks_; ++b) {
+            for (int64_t j = 0; j < n_; ++j) out[j] += partial_[(size_t) (b * n_ + j)];
+        }
+        return out;
+    }
+
+    const inputs & in_;
+    const int64_t n_;
+    const int64_t n_blocks_;
+    bool stored_ = false;
+    std::vector<double> ps_, ia_, pt_, ib_;  // per-row squared norm / d and 1 / rms
+    std::vector<double> spatial_;            // P by (|dx|, |dy|)
+    std::vector<double> central_;            // E_i
+    double f_min_ = 0.0, f_max_ = 0.0;
+    std::vector<double> kernel_;             // stored K (N x N) or empty
+    std::vector<double> partial_;            // per-block column sums
+    std::vector<topv::gemm_scratch> gemm_;   // per worker
+    std::vector<std::vector<double>> gram_;  // per worker
+    std::vector<std::vector<double>> rows_;  // per worker, when K is not stored
+};
+
+int32_t run(const inputs & in, std::vector<int32_t> & kept, std::vector<double> & scores) {
+    std::vector<double> source_sq, target_sq;
+    if (in.p.method != TOPV_METHOD_UNIFORM && !row_sum_squares(in.source, in.n, in.d, in.n_threads, source_sq)) {
+        return TOPV_STATUS_NONFINITE;
+    }
+    if (in.p.method == TOPV_METHOD_TOPV && !row_sum_squares(in.target, in.n, in.d, in.n_threads, target_sq)) {
+        return TOPV_STATUS_NONFINITE;
+    }
+    scores.assign((size_t) in.n, 0.0);
+    switch (in.p.method) {
+        case TOPV_METHOD_UNIFORM:
+            kept.resize((size_t) in.n_keep);
+            for (int64_t k = 0; k < in.n_keep; ++k) {
+                kept[k] = (int32_t) (((2 * k + 1) * in.n) / (2 * in.n_keep));
+                scores[kept[k]] = 1.0;
+            }
+            return TOPV_STATUS_OK;
+        case TOPV_METHOD_NORM:
+            for (int64_t i = 0; i < in.n; ++i) {
+                scores[i] = std::sqrt(source_sq[(size_t) i]);
+            }
+            kept = top_indices(scores, in.n_keep);
+            std::sort(kept.begin(), kept.end());
+            return TOPV_STATUS_OK;
+        case TOPV_METHOD_TOPV: {
+            transport t(in, source_sq, target_sq);
+            scores = t.importance();
+            for (double s : scores) {
+                if (!std::isfinite(s) || s < 0.0) return TOPV_STATUS_NUMERIC;
+            }
+            kept = select_with_recovery(scores, in.n_keep, (double) in.p.recover);
+            return TOPV_STATUS_OK;
+        }
+    }
+    return TOPV_STATUS_BAD_PARAM;
+}
+
+} // namespace
+
+extern "C" {
+
+struct topv_params topv_default_params(void) {
+    topv_params p;
+    p.method            = TOPV_METHOD_TOPV;
+    p.alpha             = 1.0f;
+    p.beta              = 0.5f;
+    p.gamma             = 0.5f;
+    p.sigma             = 0.25f;
+    p.eps               = 0.1f;
+    p.tau               = 1.0f;
+    p.iters             = 10;
+    p.recover           = 0.25f;
+    p.n_threads         = 0;
+    p.max_scratch_bytes = (size_t) 256 << 20;
+    return p;
+}
+
+const char * topv_status_string(int32_t status) {
+    switch (status) {
+        case TOPV_STATUS_OK:            return "success";
+        case TOPV_STATUS_NULL_ARGUMENT: return "a required pointer argument is NULL";
+        case TOPV_STATUS_BAD_SHAPE:     return "n_tokens and n_embd must be at least 1";
+        case TOPV_STATUS_BAD_GRID:      return "grid size must be at least 1 x 1 and every token's (x, y) must lie inside it";
+        case TOPV_STATUS_BAD_KEEP:      return "n_keep must be between 1 and n_tokens";
+        case TOPV_STATUS_NONFINITE:     return "source or target features contain NaN or Inf";
+        case TOPV_STATUS_BAD_PARAM:     return "a parameter is out of range (alpha, beta, gamma >= 0; sigma, eps, tau > 0; iters >= 1; recover in [0, 1]; a known method)";
+        case TOPV_STATUS_EPS_RANGE:     return "eps too small: (alpha + beta + gamma) / eps must stay below 700, or exp(-C / eps) underflows";
+        case TOPV_STATUS_OUT_OF_MEMORY: return "out of memory";
+        case TOPV_STATUS_NUMERIC:       return "the transport diverged (non-finite scores)";
+        case TOPV_STATUS_INTERNAL:      return "internal error";
+        default:                        return "unknown status code";
+    }
+}
+
+int32_t topv_check_params(struct topv_params params) {
+    return check_params(params);
+}
+
+int64_t topv_keep_count(int64_t n_tokens, double ratio) {
+    if (n_tokens < 1 || !(ratio > 0.0 && ratio <= 1.0)) {
+        return -1;
+    }
+    const int64_t k = (int64_t) std::floor(ratio * (double) n_tokens + 0.5);
+    return std::min(std::max<int64_t>(k, 1), n_tokens);
+}
+
+int32_t topv_select(const float * source, const float * target, int64_t n_tokens, int64_t n_embd,
+                    const int32_t * pos_x, const int32_t * pos_y, int32_t grid_w, int32_t grid_h,
+                    int64_t n_keep, struct topv_params params, int32_t * kept, double * scores) {
+    const bool needs_source = params.method != TOPV_METHOD_UNIFORM;
+    const bool needs_target = params.method == TOPV_METHOD_TOPV;
+    if ((needs_source && !source) || (needs_target && !target) || !pos_x || !pos_y || !kept) {
+        return TOPV_STATUS_NULL_ARGUMENT;
+    }
+    if (n_tokens < 1 || n_embd < 1 || n_tokens > INT32_MAX) {
+        return TOPV_STATUS_BAD_SHAPE;
+    }
+    if (grid_w < 1 || grid_h < 1) {
+        return TOPV_STATUS_BAD_GRID;
+    }
+    for (int64_t i = 0; i < n_tokens; ++i) {
+        if (pos_x[i] < 0 || pos_x[i] >= grid_w || pos_y[i] < 0 || pos_y[i] >= grid_h) {
+            return TOPV_STATUS_BAD_GRID;
+        }
+    }
+    if (n_keep < 1 || n_keep > n_tokens) {
+        return TOPV_STATUS_BAD_KEEP;
+    }
+    const int32_t status = check_params(params);
+    if (status != TOPV_STATUS_OK) {
+        return status;
+    }
+    int n_threads = params.n_threads;
+    if (n_threads <= 0) {
+        n_threads = (int) std::max(1u, std::thread::hardware_concurrency());
+    }
+    const inputs in = {source, target, n_tokens, n_embd, pos_x, pos_y, grid_w, grid_h, n_keep, params,
+                       std::min(n_threads, 1024)};
+    try {
+        std::vector<int32_t> kept_out;
+        std::vector<double> scores_out;
+        const int32_t rc = run(in, kept_out, scores_out);
+        if (rc != TOPV_STATUS_OK) {
+            return rc;
+        }
+        std::copy(kept_out.begin(), kept_out.end(), kept);
+        if (scores) {
+            std::copy(scores_out.begin(), scores_out.end(), scores);
+        }
+        return TOPV_STATUS_OK;
+    } catch (const std::bad_alloc &) {
+        return TOPV_STATUS_OUT_OF_MEMORY;
+    } catch (...) {
+        return TOPV_STATUS_INTERNAL;
+    }
+}
+
+} // extern "C"

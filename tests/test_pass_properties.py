@@ -1,0 +1,154 @@
+"""What users of the pass rely on, beyond agreeing with the reference."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import topv_edge
+from conftest import random_features
+
+GRID = (24, 24)
+N = 576
+
+
+def central_distance(indices: np.ndarray, grid: tuple[int, int] = GRID) -> float:
+    w, h = grid
+    x, y = indices % w, indices // w
+    return float(np.mean(np.hypot(x - (w - 1) / 2, y - (h - 1) / 2)))
+
+
+@pytest.mark.parametrize("method", ["topv", "uniform", "norm"])
+def test_keep_all_returns_everything(rng: np.random.Generator, method: str) -> None:
+    s, t = random_features(rng, N, 32)
+    for keep in (1.0, N):
+        indices, scores = topv_edge.select(s, t, GRID, keep, method=method)
+        np.testing.assert_array_equal(indices, np.arange(N))
+        assert scores.shape == (N,)
+
+
+@pytest.mark.parametrize("keep", [1, 2, 57, 0.11, 0.25, 0.5, 575])
+def test_exactly_k_sorted_unique(rng: np.random.Generator, keep: int | float) -> None:
+    s, t = random_features(rng, N, 64)
+    indices, _ = topv_edge.select(s, t, GRID, keep)
+    k = keep if isinstance(keep, int) else round(keep * N)
+    assert len(indices) == k
+    assert np.all(np.diff(indices) > 0)
+    assert 0 <= indices[0] and indices[-1] < N
+
+
+def test_keep_ratio_rounds_half_up() -> None:
+    assert topv_edge.keep_count(5, 0.5) == 3
+    assert topv_edge.keep_count(576, 0.25) == 144
+    assert topv_edge.keep_count(576, 0.11) == 63
+    assert topv_edge.keep_count(10, 0.001) == 1
+    assert topv_edge.keep_count(10, 7) == 7
+
+
+def test_recovered_tokens_spread_over_the_grid(rng: np.random.Generator) -> None:
+    s, t = random_features(rng, N, 64)
+    # a strong central cost puts every top-ranked token near the middle ...
+    params = dict(gamma=5.0, eps=0.5, recover=0.5)
+    k = 144
+    kept, scores = topv_edge.select(s, t, GRID, k, **params)
+    best = set(np.argsort(-scores, kind="stable")[: k - 72].tolist())
+    recovered = np.array(sorted(set(kept.tolist()) - best))
+    assert len(recovered) == 72
+    # ... and the recovered ones still reach every band of rows and columns
+    rows, cols = recovered // 24, recovered % 24
+    assert set(rows // 6) == {0, 1, 2, 3} and set(cols // 6) == {0, 1, 2, 3}
+    # with everything recovered, the pass degenerates to the uniform baseline
+    all_recovered, _ = topv_edge.select(s, t, GRID, k, recover=1.0)
+    uniform, _ = topv_edge.select(s, t, GRID, k, method="uniform")
+    np.testing.assert_array_equal(all_recovered, uniform)
+
+
+def test_gamma_moves_the_choice_toward_the_centre(rng: np.random.Generator) -> None:
+    """With the spatial term off (it favours the centre by itself: border tokens
+    have fewer neighbours), raising gamma moves the kept tokens from all over the
+    image to the most central disc."""
+    s, t = random_features(rng, N, 64, "independent")
+    distances = [
+        central_distance(topv_edge.select(s, t, GRID, 0.25, beta=0.0, gamma=g, eps=0.5, recover=0.0)[0])
+        for g in (0.0, 0.01, 0.03, 0.1, 1.0)
+    ]
+    assert all(a >= b for a, b in zip(distances, distances[1:])), distances
+    idx = np.arange(N)
+    everywhere = central_distance(idx)
+    most_central = central_distance(np.argsort(np.hypot(idx % 24 - 11.5, idx // 24 - 11.5))[:144])
+    assert distances[0] > 0.9 * everywhere
+    assert distances[-1] < most_central + 0.05
+
+
+def test_balanced_case_when_tau_is_infinite(rng: np.random.Generator) -> None:
+    """tau = inf is balanced transport: row sums converge to the source marginal 1/N
+    (trap 1 of TOPV.md) and the central cost cancels exactly (trap 2)."""
+    s, t = random_features(rng, N, 64)
+    _, scores = topv_edge.select(s, t, GRID, 0.25, tau=math.inf, iters=200)
+    np.testing.assert_allclose(scores, 1.0 / N, rtol=1e-6)
+    _, a = topv_edge.select(s, t, GRID, 0.25, tau=math.inf, gamma=0.0, iters=5)
+    _, b = topv_edge.select(s, t, GRID, 0.25, tau=math.inf, gamma=2.0, iters=5)
+    np.testing.assert_allclose(a, b, rtol=1e-9)
+    # relaxed (finite tau): the central cost matters and the scores are not flat
+    _, c = topv_edge.select(s, t, GRID, 0.25, tau=1.0, gamma=2.0, iters=5)
+    assert np.std(c) / np.mean(c) > 0.05
+
+
+def test_scores_are_a_transport_plan_row_sum(rng: np.random.Generator) -> None:
+    s, t = random_features(rng, N, 64)
+    _, scores = topv_edge.select(s, t, GRID, 0.25)
+    assert np.all(scores > 0)
+    assert 0.1 < scores.sum() < 10.0  # the plan's mass: columns sum to 1/N each
+
+
+def test_deterministic_across_threads_and_memory_modes(rng: np.random.Generator) -> None:
+    s, t = random_features(rng, 1000, 96)
+    coords = (rng.integers(0, 40, 1000), rng.integers(0, 30, 1000))
+    ref = topv_edge.select(s, t, (40, 30), 0.3, coords=coords, threads=1)
+    for threads in (2, 3, 7):
+        for scratch in (None, 0):  # stored N x N kernel, or recomputed block by block
+            got = topv_edge.select(s, t, (40, 30), 0.3, coords=coords, threads=threads, max_scratch_bytes=scratch)
+            np.testing.assert_array_equal(got[0], ref[0])
+            np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_inputs_are_not_modified(rng: np.random.Generator) -> None:
+    s, t = random_features(rng, 64, 16)
+    s0, t0 = s.copy(), t.copy()
+    topv_edge.select(s, t, (8, 8), 10)
+    np.testing.assert_array_equal(s, s0)
+    np.testing.assert_array_equal(t, t0)
+
+
+def test_accepts_other_dtypes_and_layouts(rng: np.random.Generator) -> None:
+    s, t = random_features(rng, 64, 16)
+    ref = topv_edge.select(s, t, (8, 8), 10)
+    got = topv_edge.select(s.astype(np.float64), np.asfortranarray(t), (8, 8), 10)
+    np.testing.assert_array_equal(got[0], ref[0])
+
+
+@pytest.mark.slow
+def test_large_image_stays_within_memory_bound() -> None:
+    """N = 16384 (the largest Qwen2-VL image) must not materialise the N x N kernel."""
+    code = textwrap.dedent(
+        """
+        import resource, numpy as np, topv_edge
+        rng = np.random.default_rng(0)
+        n, d = 16384, 32
+        s = rng.standard_normal((n, d)).astype(np.float32)
+        t = (s + rng.standard_normal((n, d))).astype(np.float32)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kept, scores = topv_edge.select(s, t, (128, 128), 0.25, iters=3)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert len(kept) == 4096 and np.isfinite(scores).all()
+        print((after - before) / 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    growth_mib = float(out.stdout.strip().splitlines()[-1])
+    assert growth_mib < 512, f"peak memory grew by {growth_mib:.0f} MiB"
