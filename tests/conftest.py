@@ -20,3 +20,35 @@ def random_features(rng: np.random.Generator, n: int, d: int, kind: str = "corre
     else:
         target = (source + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
     return source, target
+
+
+# --- llama.cpp end-to-end fixtures: the project's tiny generated models and a picture -------------
+
+FAMILIES = ("llava", "qwen2vl")
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory):
+    from topv_edge.synthetic import write_pair
+
+    out = tmp_path_factory.mktemp("models")
+    for family in FAMILIES:
+        write_pair(family, "tiny", out, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def picture(tmp_path_factory: pytest.TempPathFactory):
+    from topv_edge.synthetic import demo_image
+
+    path = tmp_path_factory.mktemp("pictures") / "shapes.png"
+    demo_image((336, 336), seed=3).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def libs():
+    """The patched llama.cpp (scripts/build_llama_cpp.sh builds it; .ci/run does)."""
+    from topv_edge import llama_libs
+
+    return llama_libs.load()

@@ -1,7 +1,30 @@
-"""topv-edge: training-free visual-token pruning (TopV) for llama.cpp / GGUF models."""
+"""topv-edge: training-free visual-token pruning (TopV) for llama.cpp / GGUF models.
 
+Importing the package points llama-cpp-python at the TopV-patched llama.cpp build (environment
+variables LLAMA_CPP_LIB_PATH and MTMD_CPP_LIB, unless already set), so import topv_edge before llama_cpp.
+"""
+
+from typing import Any
+
+from . import llama_libs
 from ._native import METHODS, TopVError
 from .pruning import BACKENDS, PARAM_NAMES, default_params, keep_count, select
 
-__all__ = ["BACKENDS", "METHODS", "PARAM_NAMES", "TopVError", "default_params", "keep_count", "select"]
+llama_libs.point_llama_cpp_at_build()
+
+__all__ = ["BACKENDS", "METHODS", "PARAM_NAMES", "TopVChatHandler", "TopVError", "VisionChat", "default_params",
+           "keep_count", "select"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # the llama.cpp side loads only when asked for: the pass works without a llama.cpp build
+    if name == "TopVChatHandler":
+        from .handler import TopVChatHandler
+
+        return TopVChatHandler
+    if name == "VisionChat":
+        from .runtime import VisionChat
+
+        return VisionChat
+    raise AttributeError(f"module 'topv_edge' has no attribute {name!r}")

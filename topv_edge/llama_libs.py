@@ -1,0 +1,260 @@
+"""The patched llama.cpp libraries, loaded through llama-cpp-python, and the C functions the patch adds.
+
+`scripts/build_llama_cpp.sh` builds llama.cpp with patches/ once into a cache directory keyed by the
+llama.cpp commit and the patch; llama-cpp-python is installed without a llama.cpp of its own and
+is pointed at that build through LLAMA_CPP_LIB_PATH and MTMD_CPP_LIB, which it reads when first
+imported. So `load()` must run before anything imports llama_cpp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import numpy as np
+
+from ._native import TopVParams
+
+LLAMA_CPP_COMMIT = "0c1e57098bba"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LlamaBuildMissing(RuntimeError):
+    """The patched llama.cpp build is not where it should be."""
+
+
+def _patch_files() -> list[Path]:
+    # the patches travel with the package (installed as package data) or sit in the source checkout
+    for d in (Path(__file__).with_name("patches"), REPO_ROOT / "patches"):
+        files = sorted(d.glob("*.patch"))
+        if files:
+            return files
+    return []
+
+
+def build_dir() -> Path:
+    """Where scripts/build_llama_cpp.sh installs the patched build (same computation as the script)."""
+    override = os.environ.get("TOPV_EDGE_LLAMA_DIR")
+    if override:
+        return Path(override)
+    h = hashlib.sha256()
+    for p in _patch_files():
+        h.update(p.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "topv-edge"
+    return cache / f"llama.cpp-{LLAMA_CPP_COMMIT}-{h.hexdigest()[:8]}"
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def point_llama_cpp_at_build() -> None:
+    """Make a later `import llama_cpp` load the patched build (if it is built and nothing else is set)."""
+    lib_dir = build_dir() / "lib"
+    if lib_dir.is_dir():
+        os.environ.setdefault("LLAMA_CPP_LIB_PATH", str(lib_dir))
+        os.environ.setdefault("MTMD_CPP_LIB", str(lib_dir))
+
+
+# --- the structs the patch adds to mtmd.h ------------------------------------------------------
+
+
+class MtmdTopvParams(ctypes.Structure):
+    """Mirror of `struct mtmd_topv_params`."""
+
+    _fields_ = [
+        ("enabled", ctypes.c_bool),
+        ("keep_ratio", ctypes.c_float),
+        ("keep_count", ctypes.c_int32),
+        ("layer", ctypes.c_int32),
+        ("pass_params", TopVParams),
+    ]
+
+
+class MtmdTopvStats(ctypes.Structure):
+    """Mirror of `struct mtmd_topv_stats`."""
+
+    _fields_ = [
+        ("result", ctypes.c_int32),
+        ("n_tokens", ctypes.c_int32),
+        ("n_kept", ctypes.c_int32),
+        ("grid_w", ctypes.c_int32),
+        ("grid_h", ctypes.c_int32),
+        ("n_embd", ctypes.c_int32),
+        ("probe_ms", ctypes.c_double),
+        ("pass_ms", ctypes.c_double),
+        ("decode_ms", ctypes.c_double),
+    ]
+
+
+MTMD_TOPV_PRUNED = 0
+MTMD_TOPV_DISABLED = 1
+MTMD_TOPV_KEEP_ALL = 2
+
+
+# --- llama.cpp's log, captured ---------------------------------------------------------------------
+
+
+@dataclass
+class LogRecorder:
+    lines: list[tuple[int, str]] = field(default_factory=list)
+
+    def last(self) -> str:
+        """The last warning or error line, else the last line ("" if none)."""
+        for level, text in reversed(self.lines):
+            if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+                return text
+        return self.lines[-1][1] if self.lines else ""
+
+
+class LlamaLog:
+    """llama.cpp and mtmd log into here: shown on stderr when verbose, otherwise kept for error messages."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self._recorders: list[LogRecorder] = []
+        self._partial = ""
+        self._partial_level = 1
+
+    def __call__(self, level: int, text: bytes, user_data: object) -> None:
+        s = text.decode("utf-8", "replace") if text else ""
+        if self.verbose:
+            sys.stderr.write(s)
+        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message
+            self._partial_level = level
+        self._partial += s
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            for r in self._recorders:
+                r.lines.append((self._partial_level, line.strip()))
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[LogRecorder]:
+        rec = LogRecorder()
+        self._recorders.append(rec)
+        try:
+            yield rec
+        finally:
+            self._recorders.remove(rec)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LlamaLibs:
+    """llama_cpp's modules bound to the patched build, and the patch's own functions."""
+
+    llama_cpp: ModuleType
+    mtmd_cpp: ModuleType
+    log: LlamaLog
+    directory: Path
+    _callback: object  # keeps the ctypes log callback alive
+
+    def topv_default_params(self) -> MtmdTopvParams:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_default_params()
+
+    def topv_set_params(self, mctx: object, params: MtmdTopvParams) -> int:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_set_params(mctx, ctypes.byref(params))
+
+    def topv_stats(self, mctx: object) -> MtmdTopvStats:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_get_stats(mctx)
+
+    def topv_result_string(self, result: int) -> str:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_result_string(result).decode()
+
+    def topv_kept(self, mctx: object) -> np.ndarray | None:
+        """Kept indices of the last image (a copy), None if it was not pruned."""
+        st = self.topv_stats(mctx)
+        ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_kept(mctx)
+        return np.ctypeslib.as_array(ptr, (st.n_kept,)).copy() if ptr else None
+
+    def topv_scores(self, mctx: object) -> np.ndarray | None:
+        st = self.topv_stats(mctx)
+        ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_scores(mctx)
+        return np.ctypeslib.as_array(ptr, (st.n_tokens,)).copy() if ptr else None
+
+    def kv_cell_positions(self, ctx: object, seq_id: int = 0) -> np.ndarray:
+        """Positions of the KV cells holding `seq_id`, from llama.cpp's sequence state (llama_state_seq_get_data).
+
+        The state starts with a magic number and the sequence id (llama_context::state_seq_get_data), then
+        n_stream, then per stream the cell count and, per cell, pos (int32), n_seq_id
+        (uint32), an M-RoPE extension (llama_kv_cell_ext: x, y, tok, int32) when the model has one, and the seq ids
+        (src/llama-kv-cache.cpp state_write / state_write_meta). Only the first stream is read."""
+        L = self.llama_cpp
+        size = L.llama_state_seq_get_size(ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        L.llama_state_seq_get_data(ctx, buf, size, seq_id)
+        raw = np.frombuffer(bytes(buf), dtype=np.uint8)
+        words = raw[: (len(raw) // 4) * 4].view(np.int32)
+        n_cells = int(words[3])
+        mrope = L.llama_model_rope_type(L.llama_get_model(ctx)) in (8, 40)  # LLAMA_ROPE_TYPE_MROPE / _IMROPE
+        stride = 2 + (3 if mrope else 0) + 1  # one sequence id per cell (single-sequence use)
+        return words[4:4 + n_cells * stride].reshape(n_cells, stride)[:, 0].copy()
+
+    def topv_features(self, mctx: object, target: bool) -> np.ndarray | None:
+        """The probed source (target=False) or target features of the last pruned image, N x d float32."""
+        st = self.topv_stats(mctx)
+        ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_features(mctx, target)
+        return np.ctypeslib.as_array(ptr, (st.n_tokens, st.n_embd)).copy() if ptr else None
+
+
+def _bind(lib: ctypes.CDLL, name: str, argtypes: list, restype: object) -> None:
+    try:
+        fn = getattr(lib, name)
+    except AttributeError:
+        raise LlamaBuildMissing(f"{name} is missing from {lib._name}: that llama.cpp is not the TopV-patched build; "
+                                "run scripts/build_llama_cpp.sh") from None
+    fn.argtypes = argtypes
+    fn.restype = restype
+
+
+@lru_cache(maxsize=1)
+def load() -> LlamaLibs:
+    """Import llama_cpp against the patched build (once per process) and bind the patch's functions.
+
+    llama.cpp's log goes to `LlamaLibs.log` (quiet unless `log.verbose` is set)."""
+    directory = build_dir()
+    lib_dir = directory / "lib"
+    if not (lib_dir.is_dir() and any(lib_dir.glob("*mtmd*"))):
+        raise LlamaBuildMissing(f"the TopV-patched llama.cpp is not built (expected in {directory}); "
+                                "run scripts/build_llama_cpp.sh (the README's set-up command does)")
+    if "llama_cpp" in sys.modules:
+        loaded = Path(sys.modules["llama_cpp"].llama_cpp._lib._name).parent  # type: ignore[attr-defined]
+        if loaded.resolve() != lib_dir.resolve():
+            raise LlamaBuildMissing(f"llama_cpp was imported before topv_edge could point it at the patched build "
+                                    f"({loaded} instead of {lib_dir}); import topv_edge first")
+    for var in ("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB"):
+        if os.environ.get(var) and Path(os.environ[var]).resolve() != lib_dir.resolve():
+            raise LlamaBuildMissing(f"{var}={os.environ[var]} points away from the patched build {lib_dir}")
+        os.environ[var] = str(lib_dir)
+    import llama_cpp
+    import llama_cpp.mtmd_cpp as mtmd_cpp
+
+    m = mtmd_cpp._libmtmd
+    l = llama_cpp.llama_cpp._lib
+    vp = ctypes.c_void_p
+    _bind(m, "mtmd_topv_default_params", [], MtmdTopvParams)
+    _bind(m, "mtmd_topv_set_params", [vp, ctypes.POINTER(MtmdTopvParams)], ctypes.c_int32)
+    _bind(m, "mtmd_topv_get_params", [vp], MtmdTopvParams)
+    _bind(m, "mtmd_topv_get_stats", [vp], MtmdTopvStats)
+    _bind(m, "mtmd_topv_result_string", [ctypes.c_int32], ctypes.c_char_p)
+    _bind(m, "mtmd_topv_get_kept", [vp], ctypes.POINTER(ctypes.c_int32))
+    _bind(m, "mtmd_topv_get_scores", [vp], ctypes.POINTER(ctypes.c_double))
+    _bind(m, "mtmd_topv_get_features", [vp, ctypes.c_bool], ctypes.POINTER(ctypes.c_float))
+    _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
+
+    log = LlamaLog(verbose=False)
+    callback = llama_cpp.llama_log_callback(log)
+    llama_cpp.llama_log_set(callback, None)
+    mtmd_cpp.mtmd_helper_log_set(callback, None)
+    llama_cpp.llama_backend_init()
+    return LlamaLibs(llama_cpp=llama_cpp, mtmd_cpp=mtmd_cpp, log=log, directory=directory, _callback=callback)
