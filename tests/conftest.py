@@ -24,7 +24,7 @@ def random_features(rng: np.random.Generator, n: int, d: int, kind: str = "corre
 
 # --- llama.cpp end-to-end fixtures: the project's tiny generated models and a picture -------------
 
-FAMILIES = ("llava", "qwen2vl")
+FAMILIES = ("llava", "qwen2vl", "gemma3")
 
 
 @pytest.fixture(scope="session")

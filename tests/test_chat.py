@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import FAMILIES
@@ -109,3 +110,20 @@ def test_errors_are_plain_messages_with_exit_code_2(models_dir, picture, tmp_pat
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_viz_writes_pictures_of_the_image_size(models_dir, picture, tmp_path, libs):
+    from PIL import Image
+
+    out = tmp_path / "kept.png"
+    r = subprocess.run([sys.executable, "-m", "topv_edge.viz", str(models_dir / "llava-tiny.gguf"), str(picture),
+                        "-o", str(out), "--keep", "16"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert r.returncode == 0, r.stderr
+    assert "16 of 64 tokens kept on a 8x8 grid" in r.stdout
+    with Image.open(picture) as src, Image.open(out) as kept, Image.open(tmp_path / "kept-scores.png") as heat:
+        assert kept.size == heat.size == src.size
+        # kept cells keep their pixels, pruned ones are dimmed: some pixels equal, most differ
+        a, b = np.asarray(src.convert("RGB")), np.asarray(kept.convert("RGB"))
+        same = np.all(a == b, axis=-1).mean()
+        assert 0.05 < same < 0.5

@@ -234,3 +234,45 @@ def test_llama_server_answers_an_image_request_with_pruning(models_dir, picture,
         server.wait(timeout=30)
         log.close()
     assert "topv: image 8x8: 64 tokens -> 16 kept" in (tmp_path / "server.log").read_text(errors="replace")
+
+
+def test_pruned_logits_match_a_float64_reference_forward_at_the_original_positions(models_dir, picture, libs):
+    """llama.cpp with position gaps is exact: the pruned prefill equals a numpy float64 forward of the same
+    tokens (text + kept image embeddings) at their original positions."""
+    import ctypes
+
+    from llama_reference import LlamaReference
+    from topv_edge.runtime import read_image
+
+    ref = LlamaReference(models_dir / "llava-tiny.gguf")
+    with session(models_dir, "llava", keep=0.25) as chat:
+        chat.add_user_message(QUESTION, [picture])
+        pruned = chat.logits().astype(np.float64)
+        kept = libs.topv_kept(chat.mctx)
+        # the same prompt's pieces: text token ids and the image's embeddings
+        chat.reset()  # tokenise as a first turn (with BOS), as the prompt above was
+        M = chat.mtmd
+        content = [{"type": "text", "text": chat.marker}, {"type": "text", "text": QUESTION}]
+        chunks = chat._tokenize(chat._render([{"role": "user", "content": content}]), [read_image(picture)])
+        xs, ps, n_past = [], [], 0
+        for i in range(M.mtmd_input_chunks_size(chunks)):
+            chunk = M.mtmd_input_chunks_get(chunks, i)
+            if M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t()
+                toks = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                xs.append(ref.embed([toks[j] for j in range(n.value)]))
+                ps.append(n_past + np.arange(n.value))
+                n_past += n.value
+            else:
+                n_img = M.mtmd_input_chunk_get_n_tokens(chunk)
+                assert M.mtmd_encode_chunk(chat.mctx, chunk) == 0
+                embd = np.ctypeslib.as_array(M.mtmd_get_output_embd(chat.mctx), (n_img, ref.n_embd))
+                xs.append(embd[kept].astype(np.float64))
+                ps.append(n_past + kept)
+                n_past += n_img
+        M.mtmd_input_chunks_free(chunks)
+    logits = ref.forward(np.concatenate(xs), np.concatenate(ps).astype(np.float64))[-1]
+    # llama.cpp keeps K and V in f16: agreement to ~1e-3 of the logits' spread
+    assert np.max(np.abs(logits - pruned)) < 5e-3 * np.std(logits), np.max(np.abs(logits - pruned))
+    renumbered = ref.forward(np.concatenate(xs), np.arange(sum(len(p) for p in ps), dtype=np.float64))[-1]
+    assert np.max(np.abs(renumbered - pruned)) > 20 * np.max(np.abs(logits - pruned))

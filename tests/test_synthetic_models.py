@@ -27,6 +27,8 @@ def test_tiny_pairs_load_and_give_the_expected_image_tokens(models_dir, picture,
         logits = chat.logits()
     if family == "llava":  # fixed size: (112 / 14)^2
         assert image.n_tokens == cfg.vision.n_image_tokens() == 64
+    elif family == "gemma3":  # fixed size, 2 x 2 average pooling: (112 / 14 / 2)^2
+        assert image.n_tokens == cfg.vision.n_image_tokens() == 16
     else:  # Qwen2-VL resizes within its pixel budget: 336 x 336 -> 24 x 24 patches -> 12 x 12 merged tokens
         assert image.n_tokens == 144
     assert np.all(np.isfinite(logits)) and np.std(logits) > 0.1

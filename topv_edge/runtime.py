@@ -386,6 +386,14 @@ class VisionChat:
         ptr = self.llama.llama_get_logits_ith(self.ctx, -1)
         return np.ctypeslib.as_array(ptr, (n_vocab,)).copy()
 
+    def last_selection(self) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
+        """(kept indices, TopV scores, grid (W, H)) of the last image, None if it was not pruned."""
+        kept = self._lib.topv_kept(self.mctx)
+        if kept is None:
+            return None
+        st = self._lib.topv_stats(self.mctx)
+        return kept, self._lib.topv_scores(self.mctx), (st.grid_w, st.grid_h)
+
     def kv_cell_positions(self) -> np.ndarray:
         """The positions of the KV cells sequence 0 holds, read back from llama.cpp (ascending)."""
         return self._lib.kv_cell_positions(self.ctx, 0)

@@ -3,8 +3,9 @@ loads at the pinned commit, from given weights (a trained model) or random ones 
 
     python -m topv_edge.synthetic --family llava --preset tiny -o models/
 
-Families: `llava` (LLaVA-1.5: text arch `llama`, projector `mlp`, CLIP ViT without class embedding) and
-`qwen2vl` (text arch `qwen2vl` with M-RoPE sections, projector `qwen2vl_merger`, 2x2-merged patches).
+Families: `llava` (LLaVA-1.5: text arch `llama`, projector `mlp`, CLIP ViT without class embedding),
+`qwen2vl` (text arch `qwen2vl` with M-RoPE sections, projector `qwen2vl_merger`, 2x2-merged patches) and
+`gemma3` (text arch `gemma3`, projector `gemma3`: SigLIP, average-pooled patches, non-causal image attention).
 Weights are numpy arrays in PyTorch's convention (a Linear weight is [out, in]); the writer stores them
 as GGUF expects (ggml's ne is the reverse of numpy's shape). Same seed, same bytes.
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TextConfig:
-    arch: str = "llama"          # llama | qwen2vl
+    arch: str = "llama"          # llama | qwen2vl | gemma3
     n_embd: int = 128
     n_ff: int = 352              # != n_embd (llama.cpp swaps ffn_up/ffn_down when they are equal)
     n_layer: int = 4
@@ -40,7 +41,7 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    projector: str = "mlp"       # mlp | qwen2vl_merger
+    projector: str = "mlp"       # mlp | qwen2vl_merger | gemma3
     image_size: int = 112
     patch_size: int = 14
     n_embd: int = 64
@@ -49,7 +50,7 @@ class VisionConfig:
     n_head: int = 4
     ln_eps: float = 1e-5
     proj_hidden: int = 128       # mlp: width between mm.0 and mm.2
-    spatial_merge: int = 2       # qwen2vl_merger: merge s x s patches into one token
+    spatial_merge: int = 2       # qwen2vl_merger: merge s x s patches into one token; gemma3: average-pool s x s
     class_embedding: bool = False
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -86,6 +87,11 @@ PRESETS: dict[tuple[str, str], ModelConfig] = {
                    rope_sections=(4, 6, 6, 0)),
         VisionConfig(projector="qwen2vl_merger", image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=2,
                      n_head=4, ln_eps=1e-6, image_mean=(0.48145466, 0.4578275, 0.40821073))),
+    ("gemma3", "tiny"): ModelConfig(
+        "gemma3",
+        TextConfig(arch="gemma3", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rms_eps=1e-6),
+        VisionConfig(projector="gemma3", image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=2, n_head=4,
+                     ln_eps=1e-6, spatial_merge=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))),
     # Qwen2-VL-2B shapes (text 1536 wide, 28 layers; ViT 1280 wide, 32 layers), image at 448 x 448: 16 x 16 tokens
     ("qwen2vl", "2b"): ModelConfig(
         "qwen2vl",
@@ -174,13 +180,21 @@ CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message.role }}\
                    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<start_of_turn>"
+                  "{{ 'model' if message.role == 'assistant' else message.role }}\n" + _CONTENT + "<end_of_turn>\n"
+                  "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
 def family_tokenizer(family: str) -> Tokenizer:
     if family == "llava":
         return make_tokenizer(["<s>", "</s>"], LLAVA_TEMPLATE)
     if family == "qwen2vl":
         return make_tokenizer(["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|vision_start|>", "<|vision_end|>",
                                "<|image_pad|>"], CHATML_TEMPLATE)
-    raise ValueError(f"unknown family {family!r}; known: llava, qwen2vl")
+    if family == "gemma3":
+        return make_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                               "<end_of_image>"], GEMMA_TEMPLATE)
+    raise ValueError(f"unknown family {family!r}; known: llava, qwen2vl, gemma3")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -210,6 +224,11 @@ def text_weight_shapes(cfg: TextConfig, n_vocab: int) -> dict[str, tuple[int, ..
         })
         if cfg.arch == "qwen2vl":  # Qwen2 has q/k/v biases
             shapes.update({b + "attn_q.bias": (cfg.n_head * hd,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
+        if cfg.arch == "gemma3":  # sandwich norms and q/k norms
+            shapes.update({b + "post_attention_norm.weight": (cfg.n_embd,), b + "post_ffw_norm.weight": (cfg.n_embd,),
+                           b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
+    if cfg.arch == "gemma3":  # tied output
+        del shapes["output.weight"]
     return shapes
 
 
@@ -217,15 +236,16 @@ def vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple
     """Tensor names and numpy shapes of the mmproj."""
     d, p = cfg.n_embd, cfg.patch_size
     shapes: dict[str, tuple[int, ...]] = {}
-    if cfg.projector == "mlp":
+    if cfg.projector in ("mlp", "gemma3"):
         shapes["v.patch_embd.weight"] = (d, 3, p, p)
         shapes["v.patch_embd.bias"] = (d,)
         n_pos = cfg.grid * cfg.grid + (1 if cfg.class_embedding else 0)
         shapes["v.position_embd.weight"] = (n_pos, d)
         if cfg.class_embedding:
             shapes["v.class_embd"] = (d,)
-        shapes["v.pre_ln.weight"] = (d,)
-        shapes["v.pre_ln.bias"] = (d,)
+        if cfg.projector == "mlp":  # CLIP's pre-layernorm; SigLIP (gemma3) has none
+            shapes["v.pre_ln.weight"] = (d,)
+            shapes["v.pre_ln.bias"] = (d,)
     else:  # qwen2vl_merger: a temporal conv of 2 frames, split into two 2D kernels; 2D RoPE, no position table
         shapes["v.patch_embd.weight"] = (d, 3, p, p)
         shapes["v.patch_embd.weight.1"] = (d, 3, p, p)
@@ -244,6 +264,9 @@ def vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple
     if cfg.projector == "mlp":
         shapes.update({"mm.0.weight": (cfg.proj_hidden, d), "mm.0.bias": (cfg.proj_hidden,),
                        "mm.2.weight": (n_embd_text, cfg.proj_hidden), "mm.2.bias": (n_embd_text,)})
+    elif cfg.projector == "gemma3":  # post-layernorm, RMS norm, projection stored [in, out] (the graph transposes it)
+        shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,), "mm.soft_emb_norm.weight": (d,),
+                       "mm.input_projection.weight": (d, n_embd_text)})
     else:
         m = d * cfg.spatial_merge ** 2
         shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,),
@@ -305,7 +328,7 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[
     w.add_token_merges(tok.merges)
     w.add_bos_token_id(tok.bos)
     w.add_eos_token_id(tok.eos)
-    w.add_add_bos_token(cfg.arch == "llama")
+    w.add_add_bos_token(cfg.arch in ("llama", "gemma3"))
     w.add_chat_template(tok.chat_template)
     for n in expected:
         _store(w, n, weights[n], dtype)
@@ -324,7 +347,7 @@ def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: dict[
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     w.add_bool("clip.has_vision_encoder", True)
     w.add_string("clip.projector_type", cfg.projector)
-    w.add_bool("clip.use_gelu", cfg.projector == "mlp")
+    w.add_bool("clip.use_gelu", cfg.projector in ("mlp", "gemma3"))
     w.add_uint32("clip.vision.image_size", cfg.image_size)
     w.add_uint32("clip.vision.patch_size", cfg.patch_size)
     w.add_uint32("clip.vision.embedding_length", cfg.n_embd)
@@ -335,6 +358,8 @@ def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: dict[
     w.add_float32("clip.vision.attention.layer_norm_epsilon", cfg.ln_eps)
     w.add_array("clip.vision.image_mean", list(cfg.image_mean))
     w.add_array("clip.vision.image_std", list(cfg.image_std))
+    if cfg.projector == "gemma3":
+        w.add_uint32("clip.vision.projector.scale_factor", cfg.spatial_merge)
     if cfg.projector == "qwen2vl_merger":
         w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
         w.add_uint32("clip.vision.image_min_pixels", (cfg.patch_size * cfg.spatial_merge) ** 2 * 4)

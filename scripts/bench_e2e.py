@@ -1,0 +1,159 @@
+"""End-to-end cost of an image question with and without TopV, on realistic-shape synthetic models.
+
+For each preset (random weights in the exact layout of the family, generated on first use), each keep
+ratio and each probe layer, a fresh process loads the model, asks one question about a picture
+`--repeats` times (the conversation reset in between, one answer token) and reports medians of: image
+encode, probe, pass, kept-token decode, image prefill (probe + pass + decode), time to first token, KV
+cells, peak RSS. Every figure is also given as a ratio to unpruned (keep 1.0) measured in the same run.
+Prints a table, writes JSON and a PNG plot.
+
+    python scripts/bench_e2e.py                              # llava-1b and qwen2vl-2b, all keeps, layers 0 and 2
+    python scripts/bench_e2e.py --presets llava:1b --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What is in the picture?"
+
+
+def measure(model: str, picture: str, keep: float, layer: int, repeats: int, threads: int) -> dict:
+    """Runs in the child process: one configuration."""
+    import resource
+
+    from topv_edge.runtime import TopVOptions, VisionChat
+
+    opts = TopVOptions(enabled=keep < 1.0, keep=keep, layer=layer)
+    runs = []
+    with VisionChat(model, topv=opts, threads=threads, max_tokens=1) as chat:
+        for _ in range(repeats + 1):  # the first run warms caches and allocations: not counted
+            chat.reset()
+            _, rep = chat.ask(QUESTION, [picture])
+            (im,) = rep.images
+            runs.append({"encode_ms": im.encode_ms, "probe_ms": im.probe_ms, "pass_ms": im.pass_ms,
+                         "decode_ms": im.decode_ms, "image_prefill_ms": im.probe_ms + im.pass_ms + im.decode_ms,
+                         "ttft_ms": rep.ttft_ms, "kv_cells": rep.kv_cells - rep.generated_tokens,
+                         "image_tokens": im.n_tokens, "kept_tokens": im.n_kept, "pruned": im.pruned})
+    runs = runs[1:]
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "pruned"}
+    out["pruned"] = all(r["pruned"] for r in runs)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run_child(model: Path, picture: Path, keep: float, layer: int, repeats: int, threads: int) -> dict:
+    code = ("import json, sys; sys.path.insert(0, %r); from bench_e2e import measure; "
+            "print(json.dumps(measure(%r, %r, %r, %r, %r, %r)))"
+            % (str(Path(__file__).parent), str(model), str(picture), keep, layer, repeats, threads))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({model.name}, keep {keep}, layer {layer}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+RATIO_KEYS = ("image_prefill_ms", "ttft_ms", "kv_cells", "peak_rss_mb")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["llava:1b", "qwen2vl:2b"], help="family:preset (topv_edge.synthetic)")
+    ap.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.11, 0.05])
+    ap.add_argument("--layer", type=int, nargs="+", default=[0, 2])
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions per configuration (median)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--models", type=Path, default=REPO / "models", help="where presets are generated")
+    ap.add_argument("--json", type=Path, default=REPO / "results" / "bench_e2e.json")
+    ap.add_argument("--png", type=Path, default=REPO / "results" / "bench_e2e.png")
+    args = ap.parse_args()
+
+    from topv_edge.synthetic import demo_image, write_pair
+
+    picture = args.models / "bench-picture.png"
+    args.models.mkdir(parents=True, exist_ok=True)
+    demo_image((448, 448), seed=7).save(picture)
+    rows = []
+    for spec in args.presets:
+        family, preset = spec.split(":")
+        print(f"generating {family}/{preset} (once) ...", file=sys.stderr, flush=True)
+        model, _ = write_pair(family, preset, args.models, seed=0)
+        base = None
+        for keep in sorted(set(args.keep), reverse=True):
+            for layer in (args.layer if keep < 1.0 else [args.layer[0]]):
+                print(f"{family}/{preset} keep {keep} layer {layer} ...", file=sys.stderr, flush=True)
+                m = run_child(model, picture, keep, layer, args.repeats, args.threads)
+                if keep >= 1.0:
+                    base = m
+                row = {"model": f"{family}-{preset}", "keep": keep, "layer": layer if keep < 1.0 else None, **m}
+                for k in RATIO_KEYS:
+                    row[k + "_ratio"] = m[k] / base[k] if base and base[k] else None
+                rows.append(row)
+
+    head = (f"{'model':<14}{'keep':>6}{'layer':>6}{'tokens':>9}{'encode':>9}{'probe':>8}{'pass':>7}{'decode':>8}"
+            f"{'img prefill':>13}{'ratio':>7}{'TTFT':>9}{'ratio':>7}{'KV cells':>10}{'ratio':>7}{'RSS MB':>8}{'ratio':>7}")
+    print(head)
+    for r in rows:
+        layer = "-" if r["layer"] is None else str(r["layer"])
+        print(f"{r['model']:<14}{r['keep']:>6.2f}{layer:>6}{r['kept_tokens']:>4.0f}/{r['image_tokens']:<4.0f}"
+              f"{r['encode_ms']:>9.0f}{r['probe_ms']:>8.0f}{r['pass_ms']:>7.1f}{r['decode_ms']:>8.0f}"
+              f"{r['image_prefill_ms']:>13.0f}{r['image_prefill_ms_ratio']:>7.2f}{r['ttft_ms']:>9.0f}"
+              f"{r['ttft_ms_ratio']:>7.2f}{r['kv_cells']:>10.0f}{r['kv_cells_ratio']:>7.2f}"
+              f"{r['peak_rss_mb']:>8.0f}{r['peak_rss_mb_ratio']:>7.2f}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "threads": args.threads, "repeats": args.repeats,
+            "python": platform.python_version(), "question": QUESTION}
+    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, args.png)
+    print(f"wrote {args.json} and {args.png}", file=sys.stderr)
+    return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Image prefill and time to first token relative to unpruned, against keep, per model and layer."""
+    from PIL import Image, ImageDraw
+
+    w, h, m = 900, 420, 60
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle((m, 20, w - 20, h - m), outline="black")
+    for i in range(6):  # y from 0 to 1.2
+        y = h - m - i * (h - m - 20) / 6
+        d.line((m - 4, y, m, y), fill="black")
+        d.text((10, y - 6), f"{0.2 * i:.1f}", fill="black")
+    xs = sorted({r["keep"] for r in rows})
+    def px(k: float) -> float:
+        return m + (k - 0) / 1.0 * (w - 20 - m)
+    for k in xs:
+        d.text((px(k) - 10, h - m + 6), f"{k:g}", fill="black")
+    d.text((w // 2 - 80, h - 25), "keep (fraction of image tokens)", fill="black")
+    colours = ["#c0392b", "#2471a3", "#229954", "#b7950b", "#7d3c98", "#a04000"]
+    series = {}
+    for r in rows:
+        for metric in ("image_prefill_ms_ratio", "ttft_ms_ratio"):
+            key = (r["model"], metric, r["layer"])
+            series.setdefault(key, []).append((r["keep"], r[metric]))
+    for c, ((model, metric, layer), pts) in enumerate(sorted(series.items(), key=str)):
+        if layer is None:
+            continue
+        base = next((p for (mm, me, la), ps in series.items() if mm == model and me == metric and la is None
+                     for p in ps), None)
+        pts = sorted(pts + ([base] if base else []))
+        col = colours[c % len(colours)]
+        coords = [(px(k), h - m - v / 1.2 * (h - m - 20)) for k, v in pts if v is not None]
+        d.line(coords, fill=col, width=2 if metric == "ttft_ms_ratio" else 4)
+        d.text((coords[0][0] + 4, coords[0][1] - 14 - 12 * (c % 4)),
+               f"{model} L{layer} {'TTFT' if metric == 'ttft_ms_ratio' else 'image prefill'}", fill=col)
+    d.text((m, 2), "cost relative to unpruned (thick: image prefill, thin: time to first token)", fill="black")
+    img.save(path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
