@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is in the picture?"
 
@@ -117,41 +119,43 @@ def main() -> int:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Image prefill and time to first token relative to unpruned, against keep, per model and layer."""
+    """Per model: image prefill (thick) and time to first token (thin) relative to unpruned, against keep,
+    for each probe layer. Pillow only (no plotting dependency)."""
     from PIL import Image, ImageDraw
 
-    w, h, m = 900, 420, 60
-    img = Image.new("RGB", (w, h), "white")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
+    colours = ["#c0392b", "#2471a3", "#229954", "#7d3c98"]
+    pw, ph, m = 520, 380, 55
+    img = Image.new("RGB", (pw * len(models), ph), "white")
     d = ImageDraw.Draw(img)
-    d.rectangle((m, 20, w - 20, h - m), outline="black")
-    for i in range(6):  # y from 0 to 1.2
-        y = h - m - i * (h - m - 20) / 6
-        d.line((m - 4, y, m, y), fill="black")
-        d.text((10, y - 6), f"{0.2 * i:.1f}", fill="black")
-    xs = sorted({r["keep"] for r in rows})
-    def px(k: float) -> float:
-        return m + (k - 0) / 1.0 * (w - 20 - m)
-    for k in xs:
-        d.text((px(k) - 10, h - m + 6), f"{k:g}", fill="black")
-    d.text((w // 2 - 80, h - 25), "keep (fraction of image tokens)", fill="black")
-    colours = ["#c0392b", "#2471a3", "#229954", "#b7950b", "#7d3c98", "#a04000"]
-    series = {}
-    for r in rows:
-        for metric in ("image_prefill_ms_ratio", "ttft_ms_ratio"):
-            key = (r["model"], metric, r["layer"])
-            series.setdefault(key, []).append((r["keep"], r[metric]))
-    for c, ((model, metric, layer), pts) in enumerate(sorted(series.items(), key=str)):
-        if layer is None:
-            continue
-        base = next((p for (mm, me, la), ps in series.items() if mm == model and me == metric and la is None
-                     for p in ps), None)
-        pts = sorted(pts + ([base] if base else []))
-        col = colours[c % len(colours)]
-        coords = [(px(k), h - m - v / 1.2 * (h - m - 20)) for k, v in pts if v is not None]
-        d.line(coords, fill=col, width=2 if metric == "ttft_ms_ratio" else 4)
-        d.text((coords[0][0] + 4, coords[0][1] - 14 - 12 * (c % 4)),
-               f"{model} L{layer} {'TTFT' if metric == 'ttft_ms_ratio' else 'image prefill'}", fill=col)
-    d.text((m, 2), "cost relative to unpruned (thick: image prefill, thin: time to first token)", fill="black")
+    ymax = max(1.2, max((r[k] for r in rows for k in ("image_prefill_ms_ratio", "ttft_ms_ratio")
+                         if r[k] is not None), default=1.2))
+    ymax = float(np.ceil(ymax * 5) / 5)
+    for i, model in enumerate(models):
+        x0 = i * pw
+        left, right, top, bottom = x0 + m, x0 + pw - 15, 40, ph - 45
+        px = lambda k: left + k * (right - left)  # noqa: E731
+        py = lambda v: bottom - v / ymax * (bottom - top)  # noqa: E731
+        d.rectangle((left, top, right, bottom), outline="black")
+        d.text((left, 8), f"{model}: cost relative to unpruned", fill="black")
+        for t in np.arange(0, ymax + 1e-9, 0.2):
+            d.line((left - 4, py(t), left, py(t)), fill="black")
+            d.line((left, py(t), right, py(t)), fill="#eeeeee")
+            d.text((x0 + 15, py(t) - 6), f"{t:.1f}", fill="black")
+        d.line((left, py(1.0), right, py(1.0)), fill="#999999")
+        mine = [r for r in rows if r["model"] == model]
+        for k in sorted({r["keep"] for r in mine}):
+            d.text((px(k) - 10, bottom + 6), f"{k:g}", fill="black")
+        d.text((left + 120, ph - 20), "keep (fraction of image tokens)", fill="black")
+        base = [r for r in mine if r["layer"] is None]
+        for j, layer in enumerate(layers):
+            for metric, width, label in (("image_prefill_ms_ratio", 4, "image prefill"), ("ttft_ms_ratio", 1, "first token")):
+                pts = sorted((r["keep"], r[metric]) for r in mine + [] if r["layer"] == layer or r in base)
+                d.line([(px(k), py(v)) for k, v in pts], fill=colours[j % len(colours)], width=width)
+                ly = top + 8 + 14 * (2 * j + (width == 1))
+                d.line((right - 150, ly + 6, right - 130, ly + 6), fill=colours[j % len(colours)], width=width)
+                d.text((right - 125, ly), f"layer {layer}: {label}", fill="black")
     img.save(path)
 
 

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context size in tokens; default: what the first message needs after pruning + --max-tokens + 256")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
-    g.add_argument("--max-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="longest answer in tokens (default 256; 32 with --demo, whose random-weight model rambles)")
     g = ap.add_argument_group("output")
     g.add_argument("--json", action="store_true",
                    help="after each answer print one JSON line: image tokens, kept tokens, encode/probe/pass/prefill ms, "
@@ -87,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _topv_options(args: argparse.Namespace) -> TopVOptions:
+def parse_topv_params(items: Sequence[str]) -> dict[str, float | int]:
+    """--topv NAME=VALUE items -> pass parameters (checked by name and range when applied)."""
     params: dict[str, float | int] = {}
-    for item in args.topv:
+    for item in items:
         name, sep, value = item.partition("=")
         if not sep:
             raise ChatError(f"--topv expects NAME=VALUE, got {item!r}")
@@ -97,7 +99,11 @@ def _topv_options(args: argparse.Namespace) -> TopVOptions:
             params[name.strip()] = int(value) if name.strip() == "iters" else float(value)
         except ValueError:
             raise ChatError(f"--topv {name}: not a number: {value!r}") from None
-    return TopVOptions(enabled=not args.no_prune, keep=args.keep, layer=args.layer, params=params)
+    return params
+
+
+def _topv_options(args: argparse.Namespace) -> TopVOptions:
+    return TopVOptions(enabled=not args.no_prune, keep=args.keep, layer=args.layer, params=parse_topv_params(args.topv))
 
 
 def _report_json(report: TurnReport) -> str:
@@ -138,12 +144,14 @@ def run(args: argparse.Namespace) -> int:
         model, mmproj, image = demo_files()
         args.model, args.mmproj = str(model), str(mmproj)
         args.images = args.images or [str(image)]
+        if args.max_tokens is None:
+            args.max_tokens = 32
         print(f"demo: {model.name} and {image}", file=sys.stderr)
     if not args.model:
         raise ChatError("give a model (MODEL.gguf IMAGE ...) or --demo; see --help")
     options = _topv_options(args)
     chat = VisionChat(args.model, args.mmproj, topv=options, n_ctx=args.ctx, threads=args.threads, seed=args.seed,
-                      temp=args.temp, max_tokens=args.max_tokens, verbose=args.verbose, progress=_progress)
+                      temp=args.temp, max_tokens=256 if args.max_tokens is None else args.max_tokens, verbose=args.verbose, progress=_progress)
     with chat:
         if args.prompt is not None:
             _answer(chat, args.prompt, args.images, args.json)

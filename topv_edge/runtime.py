@@ -95,12 +95,14 @@ def read_image(path: str | Path) -> bytes:
 
 @dataclass
 class TopVOptions:
-    """How to prune: `keep` is a ratio in (0, 1] or a token count; `layer` the probe layer Li."""
+    """How to prune: `keep` is a ratio in (0, 1] or a token count; `layer` the probe layer Li; `method`
+    topv, or a baseline (uniform: evenly spaced, norm: largest source-feature norm)."""
 
     enabled: bool = True
     keep: float | int = 0.25
     layer: int = 2
     params: dict[str, float | int] = field(default_factory=dict)  # alpha, beta, ... (defaults from C)
+    method: str = "topv"
 
     def kept_for(self, n_tokens: int) -> int:
         if not self.enabled:
@@ -165,7 +167,7 @@ def configure_topv(libs: llama_libs.LlamaLibs, mctx: Any, options: TopVOptions, 
         p.keep_count, p.keep_ratio = 0, float(options.keep)
     p.layer = options.layer
     try:
-        p.pass_params = make_params("topv", threads=threads, **options.params)
+        p.pass_params = make_params(options.method, threads=threads, **options.params)
     except (TypeError, ValueError) as e:
         raise ChatError(f"TopV parameters: {e}") from None
     rc = libs.topv_set_params(mctx, p)
@@ -212,6 +214,8 @@ class VisionChat:
             raise ChatError(f"--ctx must be at least 16, got {n_ctx}")
         if temp < 0:
             raise ChatError(f"--temp must be >= 0, got {temp}")
+        if max_tokens < 1:
+            raise ChatError(f"--max-tokens must be at least 1, got {max_tokens}")
         self.requested_ctx = n_ctx
         self.threads = threads or llama_libs.default_threads()
         self.seed = seed
@@ -283,6 +287,15 @@ class VisionChat:
     def _apply_topv(self) -> None:
         configure_topv(self._lib, self.mctx, self.topv, self.threads)
 
+    def set_topv(self, options: TopVOptions) -> None:
+        """Prune later images with other options (the images already in the conversation stay as they are).
+
+        The context keeps the size it got at the first turn; /reset-style use (evaluation loops) is the
+        intended case."""
+        options.validate()
+        self.topv = options
+        self._apply_topv()
+
     def _load_template(self):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -313,7 +326,7 @@ class VisionChat:
             raise ChatError(f"could not create a context of {n_ctx} tokens: {errors.last() or 'out of memory?'}")
         self._stack.callback(L.llama_free, self.ctx)
         self.n_ctx = L.llama_n_ctx(self.ctx)
-        self.n_batch = p.n_batch
+        self.n_batch = L.llama_n_batch(self.ctx)  # llama.cpp caps n_batch at n_ctx
         self.sampler = self._make_sampler()
         self._stack.callback(L.llama_sampler_free, self.sampler)
         self._batch = L.llama_batch_init(1, 0, 1)
@@ -453,12 +466,20 @@ class VisionChat:
             is_image = M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_IMAGE
             plan.append((chunk, is_image, n, self.topv.kept_for(n) if is_image else n))
         needed = sum(p[3] for p in plan)
+        # the probe decodes a whole image before it is pruned: for a moment the cache holds the cells
+        # before the image plus all of its tokens
+        peak, cells = needed, 0
+        for _, is_image, n, kept in plan:
+            if is_image and kept < n:
+                peak = max(peak, cells + n)
+            cells += kept
         max_image = max((p[2] for p in plan if p[1]), default=0)
         if self.ctx is None:
-            self._create_context(needed, max_image)
-        if self.kv_cells + needed + 1 > self.n_ctx:
-            raise ChatError(f"the prompt needs {needed} more KV cells but the context has {self.n_ctx - self.kv_cells} "
-                            f"free of {self.n_ctx}; start with a larger --ctx, a smaller --keep, or /reset")
+            self._create_context(max(needed, peak), max_image)
+        if self.kv_cells + max(needed, peak) + 1 > self.n_ctx:
+            raise ChatError(f"the prompt needs {max(needed, peak)} more KV cells (images are probed whole before "
+                            f"pruning) but the context has {self.n_ctx - self.kv_cells} free of {self.n_ctx}; "
+                            "start with a larger --ctx, a smaller --keep, or /reset")
         reports: list[ImageReport] = []
         n_text = 0
         t0 = time.perf_counter()

@@ -13,9 +13,14 @@ as GGUF expects (ggml's ne is the reverse of numpy's shape). Same seed, same byt
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
+
+WRITER_VERSION = 2  # bump when the bytes write_pair produces change (invalidates cached pairs)
+FINGERPRINT_KEY = "topv_edge.synthetic.fingerprint"
 
 # ----------------------------------------------------------------------------------------------------
 # hyperparameters
@@ -298,11 +303,23 @@ def _store(w: "object", name: str, a: np.ndarray, dtype: str) -> None:
     # 1-D tensors (norms, biases) and the position table stay f32, as llama.cpp's converters do
     if dtype == "f16" and a.ndim >= 2 and name != "v.position_embd.weight":
         a = a.astype(np.float16)
+    else:
+        a = a.astype(np.float32)  # float64 arrays (a trained model's export) would otherwise be stored as F64
     w.add_tensor(name, np.ascontiguousarray(a))  # type: ignore[attr-defined]
 
 
 def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[str, np.ndarray],
-                     dtype: str = "f32", name: str = "topv-edge synthetic") -> Path:
+                     dtype: str = "f32", name: str = "topv-edge synthetic",
+                     metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a GGUF text model of architecture `cfg.arch` from `weights` (names and shapes: `text_weight_shapes`).
+
+    Array convention: numpy shapes as PyTorch stores them, a Linear weight is [out, in], the embedding table
+    [n_vocab, n_embd]; any float dtype (stored F32, or F16 for >= 2-D tensors when dtype="f16"). For arch
+    `llama`, attn_q/attn_k rows must already be in llama.cpp's interleaved RoPE order: apply
+    `permute_qk_for_llama` to HuggingFace (rotate_half) weights, as convert_hf_to_gguf.py does. qwen2vl and
+    gemma3 use NEOX-style RoPE in llama.cpp: no permutation. gemma3's output is tied to token_embd. Note
+    llama.cpp's gemma3 graph scales the token embeddings by sqrt(n_embd) and its RMS norms multiply by the
+    stored weight (HF Gemma's `1 + weight` must be folded in before writing)."""
     import gguf
 
     expected = text_weight_shapes(cfg, len(tok.tokens))
@@ -330,6 +347,8 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[
     w.add_eos_token_id(tok.eos)
     w.add_add_bos_token(cfg.arch in ("llama", "gemma3"))
     w.add_chat_template(tok.chat_template)
+    for k, v in (metadata or {}).items():
+        w.add_string(k, v)
     for n in expected:
         _store(w, n, weights[n], dtype)
     _finish(w)
@@ -337,7 +356,17 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[
 
 
 def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: dict[str, np.ndarray],
-                 dtype: str = "f32", name: str = "topv-edge synthetic mmproj") -> Path:
+                 dtype: str = "f32", name: str = "topv-edge synthetic mmproj",
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a GGUF mmproj (`clip` architecture) for projector `cfg.projector` (names/shapes: `vision_weight_shapes`).
+
+    Same array convention as `write_text_model` (Linear [out, in]; the patch embedding is a Conv2d weight
+    [n_embd, 3, patch, patch]); exceptions: gemma3's `mm.input_projection.weight` is [in, out] as in HF
+    (the graph transposes it); qwen2vl_merger's Conv3d patch kernel [n_embd, 3, 2, p, p] is written as two
+    Conv2d kernels, `v.patch_embd.weight` = k[:, :, 0] and `v.patch_embd.weight.1` = k[:, :, 1].
+    llava (mlp): the graph runs only the first n_layer - 1 blocks (HF `hidden_states[-2]`, LLaVA-1.5's
+    select layer -2), so the last block is written but unused; with `class_embedding` llama.cpp appends
+    the class token after the patches (see docs/patch.md)."""
     import gguf
 
     expected = vision_weight_shapes(cfg, n_embd_text)
@@ -364,10 +393,19 @@ def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: dict[
         w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
         w.add_uint32("clip.vision.image_min_pixels", (cfg.patch_size * cfg.spatial_merge) ** 2 * 4)
         w.add_uint32("clip.vision.image_max_pixels", cfg.image_size * cfg.image_size)
+    for k, v in (metadata or {}).items():
+        w.add_string(k, v)
     for n in expected:
         _store(w, n, weights[n], dtype)
     _finish(w)
     return path
+
+
+def permute_qk_for_llama(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF (rotate_half) -> llama.cpp (interleaved) RoPE row order of a llama attn_q / attn_k weight or bias.
+
+    `n_head` is the head count of that projection (n_head_kv for attn_k). Same as convert_hf_to_gguf.py."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
 
 
 def _check_weights(weights: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], what: str) -> None:
@@ -388,31 +426,69 @@ def _finish(w: "object") -> None:
     w.close()  # type: ignore[attr-defined]
 
 
-def pair_paths(family: str, preset: str, out_dir: str | Path) -> tuple[Path, Path]:
+def pair_paths(family: str, preset: str, out_dir: str | Path, class_embedding: bool = False) -> tuple[Path, Path]:
+    """Where `write_pair` puts a pair: `<family>-<preset>[-cls].gguf` and `mmproj-<family>-<preset>[-cls].gguf`."""
     out = Path(out_dir)
-    return out / f"{family}-{preset}.gguf", out / f"mmproj-{family}-{preset}.gguf"
+    stem = f"{family}-{preset}" + ("-cls" if class_embedding else "")
+    return out / f"{stem}.gguf", out / f"mmproj-{stem}.gguf"
 
 
-def write_pair(family: str, preset: str, out_dir: str | Path, seed: int = 0,
-               overwrite: bool = False) -> tuple[Path, Path]:
-    """Write a random-weight pair of a preset (skipped if both files exist, unless overwrite)."""
+def preset_config(family: str, preset: str, class_embedding: bool = False) -> ModelConfig:
+    """The configuration of a preset (ValueError listing the known ones if there is none)."""
     try:
         cfg = PRESETS[(family, preset)]
     except KeyError:
         known = ", ".join(f"{f}/{p}" for f, p in PRESETS)
         raise ValueError(f"unknown family/preset {family}/{preset}; known: {known}") from None
-    model, mmproj = pair_paths(family, preset, out_dir)
-    if model.exists() and mmproj.exists() and not overwrite:
+    if class_embedding:
+        if cfg.vision.projector != "mlp":
+            raise ValueError("class_embedding is only supported by the llava family (projector mlp)")
+        cfg = replace(cfg, vision=replace(cfg.vision, class_embedding=True))
+    return cfg
+
+
+def pair_fingerprint(family: str, preset: str, seed: int = 0, class_embedding: bool = False) -> str:
+    """What identifies the bytes `write_pair` produces: writer version, configuration, tokenizer, seed."""
+    cfg = preset_config(family, preset, class_embedding)
+    tok = family_tokenizer(family)
+    key = repr((WRITER_VERSION, family, preset, int(seed), cfg, tok.tokens, tok.types, tok.merges,
+                tok.chat_template))
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def read_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint stored in a GGUF written by `write_pair` (None if absent or unreadable)."""
+    import gguf
+
+    try:
+        field_ = gguf.GGUFReader(str(path)).get_field(FINGERPRINT_KEY)
+    except Exception:  # not a GGUF, truncated, ...
+        return None
+    return None if field_ is None else str(field_.contents())
+
+
+def write_pair(family: str, preset: str, out_dir: str | Path, seed: int = 0, overwrite: bool = False,
+               class_embedding: bool = False) -> tuple[Path, Path]:
+    """Write a random-weight pair of a preset; returns (model, mmproj).
+
+    Cached: if both files exist and carry the fingerprint of this call (writer version, configuration,
+    tokenizer, seed), nothing is written. Same arguments, byte-identical files."""
+    cfg = preset_config(family, preset, class_embedding)
+    fp = pair_fingerprint(family, preset, seed, class_embedding)
+    model, mmproj = pair_paths(family, preset, out_dir, class_embedding)
+    if not overwrite and all(p.exists() and read_fingerprint(p) == fp for p in (model, mmproj)):
         return model, mmproj
     model.parent.mkdir(parents=True, exist_ok=True)
     tok = family_tokenizer(family)
     rng = np.random.default_rng(seed)
     text_w = random_weights(text_weight_shapes(cfg.text, len(tok.tokens)), rng)
     vis_w = random_weights(vision_weight_shapes(cfg.vision, cfg.text.n_embd), rng)
+    meta = {FINGERPRINT_KEY: fp}
+    stem = model.stem
     # write to temporary names, then rename: an interrupted run never leaves a half-written "cached" pair
     tmp_model, tmp_mmproj = model.with_suffix(".tmp"), mmproj.with_suffix(".tmp")
-    write_text_model(tmp_model, cfg.text, tok, text_w, cfg.dtype, name=f"{family}-{preset}")
-    write_mmproj(tmp_mmproj, cfg.vision, cfg.text.n_embd, vis_w, cfg.dtype, name=f"mmproj-{family}-{preset}")
+    write_text_model(tmp_model, cfg.text, tok, text_w, cfg.dtype, name=stem, metadata=meta)
+    write_mmproj(tmp_mmproj, cfg.vision, cfg.text.n_embd, vis_w, cfg.dtype, name=f"mmproj-{stem}", metadata=meta)
     tmp_model.replace(model)
     tmp_mmproj.replace(mmproj)
     return model, mmproj
@@ -449,9 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("models"), help="output directory (default models/)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rewrite existing files")
+    ap.add_argument("--class-embedding", action="store_true",
+                    help="llava: give the ViT a class embedding (files get a -cls suffix)")
     args = ap.parse_args(argv)
     try:
-        model, mmproj = write_pair(args.family, args.preset, args.out, seed=args.seed, overwrite=args.force)
+        model, mmproj = write_pair(args.family, args.preset, args.out, seed=args.seed, overwrite=args.force,
+                                   class_embedding=args.class_embedding)
     except ValueError as e:
         ap.error(str(e))
     print(model)

@@ -1,0 +1,827 @@
+#!/usr/bin/env python3
+"""Train, evaluate, export and verify the demo VLM: a small LLaVA-1.5-style model trained on
+topv_edge.demo_data, whose GGUF pair (llama text model + `mlp` mmproj) llama.cpp runs at the pinned
+commit (0c1e57098bba). See docs/demo_model.md for the model card.
+
+    nice -n 10 python scripts/train_demo_vlm.py train   [--steps 3000] [--resume]   # build/demo_vlm/
+    python scripts/train_demo_vlm.py eval    [--n 600] [--seed 1]                   # PyTorch, greedy
+    python scripts/train_demo_vlm.py export  [-o models/demo] [--dtype f16]         # the GGUF pair
+    python scripts/train_demo_vlm.py verify  [-o models/demo] [--n 60]              # PyTorch vs llama.cpp
+    python scripts/train_demo_vlm.py llama-eval [--data DIR | --n 600 --seed 2]     # accuracy via llama.cpp
+
+PyTorch is a script-only dependency (pip install torch==2.13.0); the project's runtime never needs it.
+
+What the PyTorch model computes is what llama.cpp computes for such a pair:
+- vision (clip.cpp `clip_graph_llava`): conv patch embedding with bias, learned position table
+  (no class embedding), `v.pre_ln` LayerNorm, pre-norm blocks (LayerNorm eps 1e-5, attention with
+  q/k/v/out biases and scale 1/sqrt(d_head), no mask; FFN up -> GELU (tanh form, ggml_gelu, as
+  clip.use_gelu selects) -> down, biases), no post-layernorm, and the projector is fed by the
+  output of block n_layer-2 (llama.cpp runs blocks 0 .. n_layer-2 only: the "penultimate layer"
+  of LLaVA). The file holds n_layer blocks; the last one is never run (kept at its random init);
+- projector `mlp`: mm.0 -> GELU (tanh) -> mm.2;
+- preprocessing: pictures are already 168 x 168 (llama.cpp copies an image of the right size
+  unchanged), pixel / 255, then (x - mean) / std per channel with CLIP's mean/std;
+- text (llama): RMSNorm eps 1e-5, RoPE "normal" mode (adjacent pairs), base 10000, causal
+  attention (image tokens included), SwiGLU FFN, untied output; image embeddings are input
+  embeddings at consecutive positions after the text before the media marker.
+Prompt (the GGUF's chat template): "<s>USER: " + 144 image embeddings + "{question}\\nASSISTANT:",
+answer " {word}</s>". Loss on the answer tokens only.
+
+Training packs several questions about one picture into one sequence as independent branches:
+each branch attends to the prompt prefix and the image and to itself only, and its positions
+continue from the image (so every branch sees exactly the single-question prompt). A per-patch
+auxiliary head (colour and shape of the object covering each patch; not exported) speeds the ViT up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# llama_cpp first: the stock llama-cpp-python build (importing topv_edge would point llama_cpp at the
+# patched build when one exists; both are the same commit, the stock one is what we verify against)
+import llama_cpp  # noqa: E402
+import llama_cpp.mtmd_cpp  # noqa: E402,F401  (before topv_edge sets MTMD_CPP_LIB)
+
+from topv_edge import demo_data as D  # noqa: E402
+from topv_edge import synthetic as S  # noqa: E402
+
+OUT_DIR = REPO / "build" / "demo_vlm"
+TRAIN_SEED_BASE = 1000            # batch of step t: examples from default_rng([TRAIN_SEED_BASE + t, i])
+VAL_SEED, TEST_SEED = 1, 2
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MARKER = "<__media__>"
+
+
+@dataclass(frozen=True)
+class Config:
+    # text (llama)
+    n_embd: int = 256
+    n_ff: int = 512
+    n_layer: int = 4
+    n_head: int = 4
+    n_head_kv: int = 4
+    rope_base: float = 10000.0
+    rms_eps: float = 1e-5
+    # vision (CLIP-style ViT, `mlp` projector)
+    image_size: int = D.IMAGE_SIZE
+    patch_size: int = D.PATCH_SIZE
+    v_embd: int = 192
+    v_ff: int = 768
+    v_layer: int = 5              # in the file; the projector reads block v_layer-2's output
+    v_head: int = 3
+    ln_eps: float = 1e-5
+    proj_hidden: int = 256
+
+    def text_config(self) -> "S.TextConfig":
+        return S.TextConfig(arch="llama", n_embd=self.n_embd, n_ff=self.n_ff, n_layer=self.n_layer,
+                            n_head=self.n_head, n_head_kv=self.n_head_kv, rope_base=self.rope_base,
+                            rms_eps=self.rms_eps, n_ctx_train=2048)
+
+    def vision_config(self) -> "S.VisionConfig":
+        return S.VisionConfig(projector="mlp", image_size=self.image_size, patch_size=self.patch_size,
+                              n_embd=self.v_embd, n_ff=self.v_ff, n_layer=self.v_layer, n_head=self.v_head,
+                              ln_eps=self.ln_eps, proj_hidden=self.proj_hidden, class_embedding=False,
+                              image_mean=CLIP_MEAN, image_std=CLIP_STD)
+
+
+# ----------------------------------------------------------------------------------------------------
+# tokenizer: the project's gpt2-style BPE, merges learnt on the data set's words; token ids come from
+# llama.cpp itself (a vocab-only load of a GGUF holding the tokenizer), so training sees exactly the
+# ids llama.cpp produces for the chat template's text.
+
+
+def make_tokenizer() -> "S.Tokenizer":
+    return S.make_tokenizer(["<s>", "</s>"], S.LLAVA_TEMPLATE, n_merges=1000, corpus=" ".join(D.VOCAB_WORDS))
+
+
+class Tok:
+    def __init__(self, workdir: Path) -> None:
+        self.spec = make_tokenizer()
+        path = workdir / "vocab.gguf"
+        workdir.mkdir(parents=True, exist_ok=True)
+        tcfg = S.TextConfig(n_embd=8, n_ff=16, n_layer=1, n_head=1, n_head_kv=1)
+        w = S.random_weights(S.text_weight_shapes(tcfg, len(self.spec.tokens)), np.random.default_rng(0))
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        S.write_text_model(tmp, tcfg, self.spec, w, name="demo-vlm vocab")
+        tmp.replace(path)
+        self.llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+        self.bos, self.eos = self.spec.bos, self.spec.eos
+        self.n_vocab = len(self.spec.tokens)
+        self._cache: dict[tuple[str, bool], list[int]] = {}
+        b2u = S._bytes_to_unicode()
+        self._u2b = {u: b for b, u in b2u.items()}
+
+    def encode(self, text: str, add_bos: bool = False) -> list[int]:
+        key = (text, add_bos)
+        if key not in self._cache:
+            self._cache[key] = list(self.llm.tokenize(text.encode(), add_bos=add_bos, special=True))
+        return self._cache[key]
+
+    def decode(self, ids: list[int]) -> str:
+        out = bytearray()
+        for i in ids:
+            if i in (self.bos, self.eos):
+                continue
+            out += bytes(self._u2b[ch] for ch in self.spec.tokens[i])
+        return out.decode("utf-8", "replace")
+
+    # the pieces of a single-question prompt (as mtmd splits it at the media marker)
+    def prefix(self) -> list[int]:
+        return self.encode("USER: ", add_bos=True)
+
+    def question(self, q: str) -> list[int]:
+        return self.encode(f"{q}\nASSISTANT:")
+
+    def answer(self, a: str) -> list[int]:
+        return self.encode(f" {a}") + [self.eos]
+
+
+def render_prompt(question: str) -> str:
+    """The chat template's rendering of one user turn (image first), as llama.cpp sees it."""
+    import jinja2
+
+    env = jinja2.Environment()
+    tpl = env.from_string(S.LLAVA_TEMPLATE)
+    return tpl.render(messages=[{"role": "user", "content": [{"type": "text", "text": MARKER},
+                                                             {"type": "text", "text": question}]}],
+                      add_generation_prompt=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the model (torch)
+
+
+def build_model(cfg: Config):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    def gelu(x):
+        return F.gelu(x, approximate="tanh")
+
+    class VBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            d = cfg.v_embd
+            self.ln1 = nn.LayerNorm(d, eps=cfg.ln_eps)
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+            self.ln2 = nn.LayerNorm(d, eps=cfg.ln_eps)
+            self.up, self.down = nn.Linear(d, cfg.v_ff), nn.Linear(cfg.v_ff, d)
+
+        def forward(self, x):
+            B, N, d = x.shape
+            h, hd = cfg.v_head, d // cfg.v_head
+            y = self.ln1(x)
+            q = self.q(y).view(B, N, h, hd).transpose(1, 2)
+            k = self.k(y).view(B, N, h, hd).transpose(1, 2)
+            v = self.v(y).view(B, N, h, hd).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, k, v)
+            x = x + self.o(a.transpose(1, 2).reshape(B, N, d))
+            return x + self.down(gelu(self.up(self.ln2(x))))
+
+    class Vision(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            d, g = cfg.v_embd, cfg.image_size // cfg.patch_size
+            self.patch = nn.Conv2d(3, d, cfg.patch_size, stride=cfg.patch_size, bias=True)
+            self.pos = nn.Parameter(torch.randn(g * g, d) * 0.02)
+            self.pre_ln = nn.LayerNorm(d, eps=cfg.ln_eps)
+            self.blocks = nn.ModuleList(VBlock() for _ in range(cfg.v_layer))
+            self.mm0 = nn.Linear(d, cfg.proj_hidden)
+            self.mm2 = nn.Linear(cfg.proj_hidden, cfg.n_embd)
+
+        def features(self, pix):
+            x = self.patch(pix).flatten(2).transpose(1, 2)  # (B, N, d), patch index = row * grid + col
+            x = self.pre_ln(x + self.pos)
+            for blk in self.blocks[: cfg.v_layer - 1]:      # llama.cpp stops before the last block
+                x = blk(x)
+            return x
+
+        def project(self, feats):
+            return self.mm2(gelu(self.mm0(feats)))
+
+    class RMSNorm(nn.Module):
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.rms_eps) * self.weight
+
+    def rope(x, pos):
+        # x (B, h, L, hd), pos (B, L): llama.cpp's normal mode, pairs (2i, 2i+1), theta = pos * base^(-2i/hd)
+        hd = x.shape[-1]
+        inv = cfg.rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        ang = (pos.to(torch.float64)[..., None] * inv).to(x.dtype)[:, None]  # (B, 1, L, hd/2)
+        c, s = ang.cos(), ang.sin()
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+
+    class TBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            e, hd = cfg.n_embd, cfg.n_embd // cfg.n_head
+            self.attn_norm = RMSNorm(e)
+            self.q = nn.Linear(e, cfg.n_head * hd, bias=False)
+            self.k = nn.Linear(e, cfg.n_head_kv * hd, bias=False)
+            self.v = nn.Linear(e, cfg.n_head_kv * hd, bias=False)
+            self.o = nn.Linear(cfg.n_head * hd, e, bias=False)
+            self.ffn_norm = RMSNorm(e)
+            self.gate = nn.Linear(e, cfg.n_ff, bias=False)
+            self.up = nn.Linear(e, cfg.n_ff, bias=False)
+            self.down = nn.Linear(cfg.n_ff, e, bias=False)
+
+        def forward(self, x, pos, mask):
+            B, L, e = x.shape
+            h, kvh, hd = cfg.n_head, cfg.n_head_kv, e // cfg.n_head
+            y = self.attn_norm(x)
+            q = rope(self.q(y).view(B, L, h, hd).transpose(1, 2), pos)
+            k = rope(self.k(y).view(B, L, kvh, hd).transpose(1, 2), pos)
+            v = self.v(y).view(B, L, kvh, hd).transpose(1, 2)
+            if kvh != h:
+                k, v = k.repeat_interleave(h // kvh, 1), v.repeat_interleave(h // kvh, 1)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = x + self.o(a.transpose(1, 2).reshape(B, L, e))
+            y = self.ffn_norm(x)
+            return x + self.down(F.silu(self.gate(y)) * self.up(y))
+
+    class VLM(nn.Module):
+        def __init__(self, n_vocab: int) -> None:
+            super().__init__()
+            self.vision = Vision()
+            self.tok_emb = nn.Embedding(n_vocab, cfg.n_embd)
+            self.blocks = nn.ModuleList(TBlock() for _ in range(cfg.n_layer))
+            self.out_norm = RMSNorm(cfg.n_embd)
+            self.out = nn.Linear(cfg.n_embd, n_vocab, bias=False)
+            # training-only auxiliary heads on the vision features (not exported)
+            self.aux_color = nn.Linear(cfg.v_embd, 1 + len(D.COLORS))
+            self.aux_shape = nn.Linear(cfg.v_embd, 1 + len(D.SHAPES))
+            self.apply(self._init)
+            # 2-D sin-cos start for the position table (as MAE does): attention can be local from step 0
+            with torch.no_grad():
+                self.vision.pos.copy_(sincos_2d(cfg.image_size // cfg.patch_size, cfg.v_embd))
+
+        @staticmethod
+        def _init(m) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+
+        def text(self, x, pos, mask):
+            for blk in self.blocks:
+                x = blk(x, pos, mask)
+            return self.out_norm(x)
+
+    return VLM
+
+
+def sincos_2d(grid: int, d: int):
+    """[grid*grid, d] 2-D sine-cosine position table (row-major patches): x in the first half, y in the second."""
+    import torch
+
+    q = d // 4
+    omega = 1.0 / (100.0 ** (np.arange(q) / q))
+    y, x = (a.reshape(-1, 1) for a in np.mgrid[0:grid, 0:grid])
+    table = np.concatenate([np.sin(x * omega), np.cos(x * omega), np.sin(y * omega), np.cos(y * omega)], 1)
+    return torch.tensor(table, dtype=torch.float32)
+
+
+def pixels(img) -> np.ndarray:
+    """llama.cpp's preprocessing for this mmproj: (3, H, W) float32."""
+    a = np.asarray(img.convert("RGB"), np.float32) / 255.0
+    if a.shape[:2] != (D.IMAGE_SIZE, D.IMAGE_SIZE):
+        raise ValueError(f"demo pictures are {D.IMAGE_SIZE} x {D.IMAGE_SIZE}, got {a.shape[1]} x {a.shape[0]}")
+    a = (a - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# batches
+
+
+def make_train_batch(step: int, batch: int, k: int, tok: Tok):
+    """`batch` pictures with up to k questions each, packed as branches; everything from the step's seed."""
+    import torch
+
+    n_img = D.GRID * D.GRID
+    prefix = tok.prefix()
+    P = len(prefix) + n_img
+    rows, pix, aux_c, aux_s = [], [], [], []
+    for i in range(batch):
+        rng = D.example_rng(TRAIN_SEED_BASE + step, i)
+        scene = D.make_scene(rng)
+        img, mask = D.render(scene)
+        pix.append(pixels(img))
+        c, s = D.patch_labels(scene, mask)
+        aux_c.append(c)
+        aux_s.append(s)
+        branches = []
+        for q, a, t in D.ask_many(scene, rng, k):
+            qi, ai = tok.question(q), tok.answer(a)
+            branches.append((qi, ai, t))
+        rows.append(branches)
+    L = P + max(sum(len(q) + len(a) - 1 for q, a, _ in br) for br in rows)
+    ids = torch.zeros(batch, L, dtype=torch.long)
+    pos = torch.zeros(batch, L, dtype=torch.long)
+    targets = torch.full((batch, L), -100, dtype=torch.long)
+    first = []           # (b, index, answer first token, qtype): teacher-forced accuracy of the answer word
+    mask = torch.zeros(batch, L, L, dtype=torch.bool)
+    for b, br in enumerate(rows):
+        ids[b, : len(prefix)] = torch.tensor(prefix)
+        pos[b, :P] = torch.arange(P)
+        mask[b, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
+        cur = P
+        for qi, ai, t in br:
+            seq = qi + ai[:-1]              # inputs; the last answer token (</s>) is only a target
+            tgt = [-100] * (len(qi) - 1) + ai
+            n = len(seq)
+            ids[b, cur:cur + n] = torch.tensor(seq)
+            pos[b, cur:cur + n] = torch.arange(P, P + n)
+            targets[b, cur:cur + n] = torch.tensor(tgt)
+            mask[b, cur:cur + n, :P] = True
+            mask[b, cur:cur + n, cur:cur + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            first.append((b, cur + len(qi) - 1, ai[0], t))
+            cur += n
+        if cur < L:  # padding rows attend to themselves only (no NaN), never a target
+            idx = torch.arange(cur, L)
+            mask[b, idx, idx] = True
+    return {
+        "pix": torch.from_numpy(np.stack(pix)), "ids": ids, "pos": pos, "targets": targets,
+        "mask": mask[:, None], "aux_c": torch.from_numpy(np.stack(aux_c)), "aux_s": torch.from_numpy(np.stack(aux_s)),
+        "first": first, "n_prefix": len(prefix),
+    }
+
+
+def forward_train(model, batch):
+    import torch
+    import torch.nn.functional as F
+
+    feats = model.vision.features(batch["pix"])
+    img = model.vision.project(feats)
+    x = model.tok_emb(batch["ids"])
+    npf = batch["n_prefix"]
+    x = torch.cat([x[:, :npf], img, x[:, npf + img.shape[1]:]], dim=1)
+    h = model.text(x, batch["pos"], batch["mask"])
+    sel = batch["targets"] >= 0
+    logits = model.out(h[sel])
+    loss = F.cross_entropy(logits, batch["targets"][sel])
+    aux = (F.cross_entropy(model.aux_color(feats).flatten(0, 1), batch["aux_c"].flatten())
+           + F.cross_entropy(model.aux_shape(feats).flatten(0, 1), batch["aux_s"].flatten()))
+    with torch.no_grad():
+        bi = torch.tensor([f[0] for f in batch["first"]])
+        ti = torch.tensor([f[1] for f in batch["first"]])
+        pred = model.out(h[bi, ti]).argmax(-1)
+        ok = (pred == torch.tensor([f[2] for f in batch["first"]])).tolist()
+    per_type: dict[str, list[int]] = {}
+    for f, o in zip(batch["first"], ok):
+        c = per_type.setdefault(f[3], [0, 0])
+        c[0] += int(o)
+        c[1] += 1
+    return loss, aux, per_type
+
+
+# ----------------------------------------------------------------------------------------------------
+# greedy answers (PyTorch)
+
+
+def greedy_answers(model, tok: Tok, images, questions, max_new: int = 4, batch: int = 32,
+                   return_logits: bool = False):
+    """Greedy decoding of single-question prompts; returns answers (and the first step's logits)."""
+    import torch
+
+    prefix = tok.prefix()
+    answers, first_logits = [], []
+    for s in range(0, len(images), batch):
+        imgs, qs = images[s:s + batch], questions[s:s + batch]
+        with torch.no_grad():
+            emb = model.vision.project(model.vision.features(torch.from_numpy(np.stack([pixels(i) for i in imgs]))))
+            seqs = [tok.question(q) for q in qs]
+            gen: list[list[int]] = [[] for _ in qs]
+            done = [False] * len(qs)
+            for step in range(max_new):
+                texts = [q + g for q, g in zip(seqs, gen)]
+                L = max(len(t) for t in texts)
+                ids = torch.zeros(len(qs), L, dtype=torch.long)
+                for b, t in enumerate(texts):
+                    ids[b, : len(t)] = torch.tensor(t)
+                x = torch.cat([model.tok_emb(torch.tensor(prefix)).expand(len(qs), -1, -1), emb, model.tok_emb(ids)], 1)
+                T = x.shape[1]
+                pos = torch.arange(T).expand(len(qs), -1)
+                mask = torch.ones(T, T, dtype=torch.bool).tril()
+                h = model.text(x, pos, mask)
+                last = torch.tensor([len(prefix) + emb.shape[1] + len(t) - 1 for t in texts])
+                logits = model.out(h[torch.arange(len(qs)), last])
+                if step == 0:
+                    first_logits.append(logits.numpy().copy())
+                nxt = logits.argmax(-1).tolist()
+                for b, t in enumerate(nxt):
+                    if not done[b]:
+                        if t == tok.eos:
+                            done[b] = True
+                        else:
+                            gen[b].append(t)
+                if all(done):
+                    break
+        answers += [tok.decode(g) for g in gen]
+    if return_logits:
+        return answers, np.concatenate(first_logits)
+    return answers
+
+
+def evaluate(model, tok: Tok, examples) -> dict[str, tuple[int, int]]:
+    model.eval()
+    preds = greedy_answers(model, tok, [e.image for e in examples], [e.question for e in examples])
+    model.train()
+    return D.accuracy_by_type([(e.qtype, e.answer, p) for e, p in zip(examples, preds)])
+
+
+def fmt_acc(acc: dict[str, tuple[int, int]]) -> str:
+    keys = ["all"] + [t for t in D.QTYPES if t in acc]
+    return " ".join(f"{k}={acc[k][0] / max(acc[k][1], 1):.3f}" for k in keys)
+
+
+# ----------------------------------------------------------------------------------------------------
+# train
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    tok = Tok(out)
+    VLM = build_model(cfg)
+    model = VLM(tok.n_vocab)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    step, best = 0, -1.0
+    ckpt = out / "ckpt.pt"
+    if args.resume and ckpt.exists():
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, best = st["step"], st.get("best", -1.0)
+        print(f"resumed at step {step} (best val {best:.3f})", flush=True)
+    n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux"))
+    print(f"config {asdict(cfg)}\nparams {n_params / 1e6:.2f} M, vocab {tok.n_vocab}, threads {args.threads}", flush=True)
+    val = D.generate_split(args.val_n, VAL_SEED)
+    t0, tl = time.time(), time.time()
+    run = {"loss": 0.0, "aux": 0.0, "n": 0, "types": {}}
+
+    def save(path: Path, extra: dict | None = None) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best,
+                    "config": asdict(cfg), **(extra or {})}, tmp)
+        tmp.replace(path)
+
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        batch = make_train_batch(step, args.batch, args.k, tok)
+        loss, aux, per_type = forward_train(model, batch)
+        aux_w = args.aux_weight if step < args.aux_steps else 0.0
+        total = loss + aux_w * aux
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        run["loss"] += loss.item()
+        run["aux"] += aux.item()
+        run["n"] += 1
+        for t, (c, n) in per_type.items():
+            r = run["types"].setdefault(t, [0, 0])
+            r[0] += c
+            r[1] += n
+        if step % args.log_every == 0 or step == args.steps:
+            tt = {t: tuple(v) for t, v in run["types"].items()}
+            tt["all"] = (sum(v[0] for v in run["types"].values()), sum(v[1] for v in run["types"].values()))
+            print(f"step {step} loss {run['loss'] / run['n']:.4f} aux {run['aux'] / run['n']:.4f} "
+                  f"lr {opt.param_groups[0]['lr']:.2e} train-tf {fmt_acc(tt)} "
+                  f"{(time.time() - tl) / run['n']:.2f}s/step elapsed {(time.time() - t0) / 60:.1f}min", flush=True)
+            run = {"loss": 0.0, "aux": 0.0, "n": 0, "types": {}}
+            tl = time.time()
+        if step % args.eval_every == 0 or step == args.steps:
+            te = time.time()
+            acc = evaluate(model, tok, val)
+            a = acc["all"][0] / acc["all"][1]
+            print(f"VAL step {step} {fmt_acc(acc)} ({time.time() - te:.0f}s)", flush=True)
+            if a > best:
+                best = a
+                save(out / "best.pt", {"val": {k: list(v) for k, v in acc.items()}})
+            save(ckpt)
+            worst = min(v[0] / v[1] for v in acc.values())
+            if args.target and a >= args.target and worst >= args.target - 0.03:
+                print(f"target {args.target} reached at step {step}", flush=True)
+                break
+        elif step % args.save_every == 0:
+            save(ckpt)
+    save(ckpt)
+    print(f"done: step {step}, best val {best:.3f}, {(time.time() - t0) / 60:.1f} min", flush=True)
+    return 0
+
+
+def load_model(path: Path):
+    import torch
+
+    st = torch.load(path, weights_only=False)
+    cfg = Config(**st["config"])
+    tok = Tok(Path(path).parent)
+    model = build_model(cfg)(tok.n_vocab)
+    model.load_state_dict(st["model"])
+    model.eval()
+    return cfg, tok, model, st
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cfg, tok, model, st = load_model(Path(args.ckpt))
+    ex = D.generate_split(args.n, args.seed)
+    t = time.time()
+    acc = evaluate(model, tok, ex)
+    print(f"PyTorch, step {st['step']}, seed {args.seed}, n {args.n}: {fmt_acc(acc)} ({time.time() - t:.0f}s)")
+    print(json.dumps({k: list(v) for k, v in acc.items()}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# export
+
+
+def export_weights(model, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The trained weights under GGUF names (numpy, PyTorch layout), as topv_edge.synthetic writes them."""
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    text: dict[str, np.ndarray] = {
+        "token_embd.weight": sd["tok_emb.weight"],
+        "output_norm.weight": sd["out_norm.weight"],
+        "output.weight": sd["out.weight"],
+    }
+    names = {"attn_norm": "attn_norm.weight", "attn_q": "q.weight", "attn_k": "k.weight", "attn_v": "v.weight",
+             "attn_output": "o.weight", "ffn_norm": "ffn_norm.weight", "ffn_gate": "gate.weight",
+             "ffn_up": "up.weight", "ffn_down": "down.weight"}
+    for i in range(cfg.n_layer):
+        for g, t in names.items():
+            text[f"blk.{i}.{g}.weight"] = sd[f"blocks.{i}.{t}"]
+    vis: dict[str, np.ndarray] = {
+        "v.patch_embd.weight": sd["vision.patch.weight"],
+        "v.patch_embd.bias": sd["vision.patch.bias"],
+        "v.position_embd.weight": sd["vision.pos"],
+        "v.pre_ln.weight": sd["vision.pre_ln.weight"],
+        "v.pre_ln.bias": sd["vision.pre_ln.bias"],
+        "mm.0.weight": sd["vision.mm0.weight"], "mm.0.bias": sd["vision.mm0.bias"],
+        "mm.2.weight": sd["vision.mm2.weight"], "mm.2.bias": sd["vision.mm2.bias"],
+    }
+    vnames = {"attn_q": "q", "attn_k": "k", "attn_v": "v", "attn_out": "o", "ln1": "ln1", "ln2": "ln2",
+              "ffn_up": "up", "ffn_down": "down"}
+    for i in range(cfg.v_layer):
+        for g, t in vnames.items():
+            for kind in ("weight", "bias"):
+                vis[f"v.blk.{i}.{g}.{kind}"] = sd[f"vision.blocks.{i}.{t}.{kind}"]
+    return text, vis
+
+
+def cmd_export(args) -> int:
+    cfg, tok, model, st = load_model(Path(args.ckpt))
+    text_w, vis_w = export_weights(model, cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path, mmproj_path = out / "demo-vlm.gguf", out / "mmproj-demo-vlm.gguf"
+    S.write_text_model(model_path.with_suffix(".tmp"), cfg.text_config(), tok.spec, text_w, args.dtype,
+                       name="topv-edge demo VLM")
+    S.write_mmproj(mmproj_path.with_suffix(".tmp"), cfg.vision_config(), cfg.n_embd, vis_w, args.dtype,
+                   name="topv-edge demo VLM mmproj")
+    model_path.with_suffix(".tmp").replace(model_path)
+    mmproj_path.with_suffix(".tmp").replace(mmproj_path)
+    for p in (model_path, mmproj_path):
+        print(f"{p} {p.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# llama.cpp side (stock llama-cpp-python through the low-level mtmd API)
+
+
+_NO_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+
+
+class LlamaCppVLM:
+    """Single-question greedy answers and first-token logits from llama.cpp (stock build)."""
+
+    def __init__(self, model_path: Path, mmproj_path: Path, threads: int = 1, n_ctx: int = 512,
+                 verbose: bool = False) -> None:
+        import llama_cpp.mtmd_cpp as M
+
+        self.M = M
+        llama_cpp.llama_backend_init()
+        if not verbose:
+            M.mtmd_log_set(_NO_LOG, None)
+            M.mtmd_helper_log_set(_NO_LOG, None)
+        self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, verbose=False, logits_all=False)
+        p = M.mtmd_context_params_default()
+        p.use_gpu = False
+        p.n_threads = threads
+        p.print_timings = False
+        p.warmup = False
+        self.mctx = M.mtmd_init_from_file(str(mmproj_path).encode(), self.llm.model, p)
+        if not self.mctx:
+            raise RuntimeError("mtmd_init_from_file failed")
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.eos = llama_cpp.llama_vocab_eos(self.vocab)
+
+    def close(self) -> None:
+        if self.mctx:
+            self.M.mtmd_free(self.mctx)
+            self.mctx = None
+        self.llm.close()
+
+    def _logits(self) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, (self.n_vocab,)).copy()
+
+    def ask(self, image_path: str, question: str, max_new: int = 4) -> tuple[str, np.ndarray]:
+        import ctypes
+
+        M = self.M
+        prompt = render_prompt(question)
+        bmp = M.mtmd_helper_bitmap_init_from_file(self.mctx, str(image_path).encode(), False)
+        if not bmp:
+            raise RuntimeError(f"cannot read {image_path}")
+        chunks = M.mtmd_input_chunks_init()
+        try:
+            text = M.mtmd_input_text()
+            raw = prompt.encode()
+            text.text = raw
+            text.text_len = len(raw)
+            text.add_special = True
+            text.parse_special = True
+            arr = (M.mtmd_bitmap_p_ctypes * 1)(bmp)
+            rc = M.mtmd_tokenize(self.mctx, chunks, ctypes.byref(text), arr, 1)
+            if rc != 0:
+                raise RuntimeError(f"mtmd_tokenize failed ({rc})")
+            mem = llama_cpp.llama_get_memory(self.llm.ctx)
+            llama_cpp.llama_memory_clear(mem, True)
+            n_past = llama_cpp.llama_pos(0)
+            new_past = llama_cpp.llama_pos(0)
+            rc = M.mtmd_helper_eval_chunks(self.mctx, self.llm.ctx, chunks, n_past, 0, self.llm.n_batch, True,
+                                           ctypes.byref(new_past))
+            if rc != 0:
+                raise RuntimeError(f"mtmd_helper_eval_chunks failed ({rc})")
+            n_past = new_past.value
+        finally:
+            M.mtmd_input_chunks_free(chunks)
+            M.mtmd_bitmap_free(bmp)
+        first = self._logits()
+        logits, out = first, []
+        batch = llama_cpp.llama_batch_init(1, 0, 1)
+        try:
+            for _ in range(max_new):
+                t = int(np.argmax(logits))
+                if t == self.eos:
+                    break
+                out.append(t)
+                batch.n_tokens = 1
+                batch.token[0] = t
+                batch.pos[0] = n_past
+                batch.n_seq_id[0] = 1
+                batch.seq_id[0][0] = 0
+                batch.logits[0] = True
+                if llama_cpp.llama_decode(self.llm.ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed")
+                n_past += 1
+                logits = self._logits()
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        text = b"".join(self.llm.detokenize([t]) for t in out).decode("utf-8", "replace")
+        return text, first
+
+
+def _eval_rows(args) -> list[dict]:
+    if args.data:
+        return D.read_jsonl(Path(args.data) / "data.jsonl")
+    d = OUT_DIR / f"eval-seed{args.seed}-n{args.n}"
+    if not (d / "data.jsonl").exists():
+        D.write_jsonl(d, args.n, args.seed)
+    return D.read_jsonl(d / "data.jsonl")
+
+
+def cmd_verify(args) -> int:
+    """Same questions through PyTorch and llama.cpp: greedy answers must match, first-token logits close."""
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(args.threads)
+    cfg, tok, model, st = load_model(Path(args.ckpt))
+    out = Path(args.out)
+    rows = _eval_rows(args)
+    imgs = [Image.open(r["image"]).convert("RGB") for r in rows]
+    pt_ans, pt_logits = greedy_answers(model, tok, imgs, [r["question"] for r in rows], return_logits=True)
+    vlm = LlamaCppVLM(out / "demo-vlm.gguf", out / "mmproj-demo-vlm.gguf", threads=args.threads)
+    agree, max_diff, worst_rel = 0, 0.0, 0.0
+    try:
+        for r, pa, pl in zip(rows, pt_ans, pt_logits):
+            la, ll = vlm.ask(r["image"], r["question"])
+            agree += int(pa == la)
+            d = float(np.abs(ll - pl).max())
+            max_diff = max(max_diff, d)
+            worst_rel = max(worst_rel, d / float(np.abs(pl).max()))
+            if pa != la:
+                print(f"MISMATCH {r['image']} {r['question']!r}: torch {pa!r} llama.cpp {la!r}")
+    finally:
+        vlm.close()
+    n = len(rows)
+    print(f"verify ({args.dtype if hasattr(args, 'dtype') else ''}): {agree}/{n} greedy answers agree; "
+          f"first-token logits max |diff| {max_diff:.4f} (relative to max |logit| {worst_rel:.4f})")
+    return 0 if agree == n else 1
+
+
+def cmd_llama_eval(args) -> int:
+    rows = _eval_rows(args)
+    out = Path(args.out)
+    vlm = LlamaCppVLM(out / "demo-vlm.gguf", out / "mmproj-demo-vlm.gguf", threads=args.threads)
+    res = []
+    t = time.time()
+    try:
+        for r in rows:
+            a, _ = vlm.ask(r["image"], r["question"])
+            res.append((r["type"], r["answer"], a))
+    finally:
+        vlm.close()
+    acc = D.accuracy_by_type(res)
+    print(f"llama.cpp (stock), {len(rows)} examples: {fmt_acc(acc)} ({time.time() - t:.0f}s)")
+    print(json.dumps({k: list(v) for k, v in acc.items()}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--out", default=str(OUT_DIR))
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=8, help="pictures per step")
+    t.add_argument("--k", type=int, default=6, help="questions per picture (packed branches)")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--warmup", type=int, default=100)
+    t.add_argument("--aux-weight", type=float, default=0.5)
+    t.add_argument("--aux-steps", type=int, default=10 ** 9, help="use the auxiliary loss for this many steps")
+    t.add_argument("--val-n", type=int, default=600)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--save-every", type=int, default=50)
+    t.add_argument("--log-every", type=int, default=25)
+    t.add_argument("--target", type=float, default=0.0, help="stop once val accuracy reaches this (0: never)")
+    t.add_argument("--seed", type=int, default=0, help="torch seed (initialisation)")
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--resume", action="store_true")
+    for name in ("eval", "export", "verify", "llama-eval"):
+        p = sub.add_parser(name)
+        p.add_argument("--ckpt", default=str(OUT_DIR / "best.pt"))
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("-o", "--out", default=str(REPO / "models" / "demo"))
+        p.add_argument("--n", type=int, default=600)
+        p.add_argument("--seed", type=int, default=VAL_SEED if name == "eval" else TEST_SEED)
+        p.add_argument("--data", help="an eval set written by scripts/gen_eval_set.py (default: generated)")
+        if name == "export":
+            p.add_argument("--dtype", choices=["f32", "f16"], default="f16")
+    args = ap.parse_args(argv)
+    return {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "verify": cmd_verify,
+            "llama-eval": cmd_llama_eval}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Accuracy under pruning: answer a visual question set with greedy decoding through the patched
+llama.cpp, for each method, keep and layer, and compare with the unpruned baseline.
+
+  python -m topv_edge.eval --model M.gguf [--mmproj P.gguf] --data FILE.jsonl [--keep 0.5 0.25 0.11]
+                           [--method topv,uniform,norm] [--layer 2] [--limit N] [--json] [--out results.json]
+
+FILE.jsonl holds one object per line: {"image": path, "question": str, "answer": str} (image paths
+relative to the file; other fields, e.g. "kind", break the accuracy down). A prediction is right when it
+equals the answer after lower-casing and removing punctuation and surrounding spaces; only the answer's
+first line counts. Works on any model llama.cpp runs (real models and data sets included): the prompt
+is the question, with the model's own chat template.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chat import _nonnegative_int, _Parser, parse_keep, parse_topv_params
+from .runtime import ChatError, TopVOptions, VisionChat
+
+
+def normalise(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return re.sub(r"[^\w\s]", "", first.lower()).strip()
+
+
+@dataclass
+class Item:
+    image: Path
+    question: str
+    answer: str
+    kind: str
+
+
+def read_items(path: Path, limit: int | None = None) -> list[Item]:
+    if not path.is_file():
+        raise ChatError(f"data file not found: {path}")
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            items.append(Item(path.parent / d["image"], str(d["question"]), str(d["answer"]), str(d.get("kind", ""))))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ChatError(f"{path}:{n}: expected {{\"image\", \"question\", \"answer\"}} ({e})") from None
+        if limit and len(items) >= limit:
+            break
+    if not items:
+        raise ChatError(f"{path} holds no questions")
+    return items
+
+
+def evaluate(chat: VisionChat, items: list[Item], options: TopVOptions, progress=None) -> dict:
+    """Accuracy of one configuration, overall and per kind, with the predictions."""
+    chat.set_topv(options)
+    right, per_kind, predictions, kept = 0, {}, [], []
+    for i, it in enumerate(items):
+        chat.reset()
+        answer, report = chat.ask(it.question, [it.image])
+        ok = normalise(answer) == normalise(it.answer)
+        right += ok
+        k = per_kind.setdefault(it.kind or "all", [0, 0])
+        k[0] += ok
+        k[1] += 1
+        predictions.append(answer)
+        kept.extend(im.n_kept / im.n_tokens for im in report.images)
+        if progress:
+            progress(i + 1, len(items))
+    return {"accuracy": right / len(items), "n": len(items),
+            "per_kind": {k: v[0] / v[1] for k, v in sorted(per_kind.items())},
+            "kept_fraction": sum(kept) / max(1, len(kept)), "predictions": predictions}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _Parser(prog="python -m topv_edge.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--mmproj")
+    ap.add_argument("--data", required=True, type=Path, help="JSON lines: image, question, answer")
+    ap.add_argument("--keep", type=parse_keep, nargs="+", default=[0.5, 0.25, 0.11])
+    ap.add_argument("--method", default="topv,uniform,norm", help="comma-separated: topv, uniform, norm")
+    ap.add_argument("--layer", type=_nonnegative_int, nargs="+", default=[2])
+    ap.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[], help="a pass parameter, e.g. gamma=0.5")
+    ap.add_argument("--limit", type=int, help="only the first N questions")
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    ap.add_argument("--out", type=Path, help="also write the results (JSON) here")
+    args = ap.parse_args(argv)
+    try:
+        methods = [m.strip() for m in args.method.split(",") if m.strip()]
+        bad = [m for m in methods if m not in ("topv", "uniform", "norm")]
+        if bad:
+            raise ChatError(f"unknown method(s) {', '.join(bad)}; choose from topv, uniform, norm")
+        params = parse_topv_params(args.topv)
+        items = read_items(args.data, args.limit)
+        show = (lambda i, n: print(f"\r  {i}/{n}", end="", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+        rows = []
+        with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads,
+                        max_tokens=args.max_tokens) as chat:
+            t0 = time.perf_counter()
+            base = evaluate(chat, items, TopVOptions(enabled=False), show)
+            rows.append({"method": "none", "keep": 1.0, "layer": None, **base, "retention": 1.0})
+            for method in methods:
+                for layer in args.layer:
+                    for keep in args.keep:
+                        r = evaluate(chat, items, TopVOptions(keep=keep, layer=layer, method=method, params=params), show)
+                        rows.append({"method": method, "keep": keep, "layer": layer, **r,
+                                     "retention": r["accuracy"] / base["accuracy"] if base["accuracy"] else None})
+            seconds = time.perf_counter() - t0
+        if show:
+            print(file=sys.stderr)
+        result = {"model": str(args.model), "data": str(args.data), "n": len(items), "params": params,
+                  "seconds": seconds, "rows": rows}
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1))
+        if args.json:
+            print(json.dumps(result))
+        else:
+            kinds = sorted({k for r in rows for k in r["per_kind"]})
+            print(f"{'method':<9}{'keep':>6}{'layer':>6}{'kept':>7}{'accuracy':>10}{'retention':>11}  " + "".join(f"{k:>11}" for k in kinds))
+            for r in rows:
+                layer = "-" if r["layer"] is None else str(r["layer"])
+                retention = "-" if r["retention"] is None else f"{r['retention']:.3f}"
+                print(f"{r['method']:<9}{r['keep']:>6g}{layer:>6}{r['kept_fraction']:>7.2f}{r['accuracy']:>10.3f}"
+                      f"{retention:>11}  " + "".join(f"{r['per_kind'].get(k, float('nan')):>11.3f}" for k in kinds))
+        return 0
+    except ChatError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
