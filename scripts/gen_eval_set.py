@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Write an evaluation set of the demo data (topv_edge.demo_data): images/NNNNN.png and data.jsonl,
-one line per example: {"image": "images/00000.png", "question": ..., "answer": ..., "type": ...}.
+one line per example: {"image": "images/00000.png", "question": ..., "answer": ..., "kind": ...}.
 
     python scripts/gen_eval_set.py --n 600 --seed 2 -o build/eval/test
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: seed {args.seed} >= 1000 overlaps the training seeds", file=sys.stderr)
     path = D.write_jsonl(args.out, args.n, args.seed)
     rows = D.read_jsonl(path)
-    counts = collections.Counter(r["type"] for r in rows)
+    counts = collections.Counter(r["kind"] for r in rows)
     print(f"{path}: {len(rows)} examples ({', '.join(f'{t} {counts[t]}' for t in D.QTYPES)})")
     return 0
 

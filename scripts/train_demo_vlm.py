@@ -5,8 +5,8 @@ commit (0c1e57098bba). See docs/demo_model.md for the model card.
 
     nice -n 10 python scripts/train_demo_vlm.py train   [--steps 3000] [--resume]   # build/demo_vlm/
     python scripts/train_demo_vlm.py eval    [--n 600] [--seed 1]                   # PyTorch, greedy
-    python scripts/train_demo_vlm.py export  [-o models/demo] [--dtype f16]         # the GGUF pair
-    python scripts/train_demo_vlm.py verify  [-o models/demo] [--n 60]              # PyTorch vs llama.cpp
+    python scripts/train_demo_vlm.py export  [-o topv_edge/demo_model] [--dtype f16]         # the GGUF pair
+    python scripts/train_demo_vlm.py verify  [-o topv_edge/demo_model] [--n 60]              # PyTorch vs llama.cpp
     python scripts/train_demo_vlm.py llama-eval [--data DIR | --n 600 --seed 2]     # accuracy via llama.cpp
 
 PyTorch is a script-only dependency (pip install torch==2.13.0); the project's runtime never needs it.
@@ -49,16 +49,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# llama_cpp first: the stock llama-cpp-python build (importing topv_edge would point llama_cpp at the
-# patched build when one exists; both are the same commit, the stock one is what we verify against)
-import llama_cpp  # noqa: E402
-import llama_cpp.mtmd_cpp  # noqa: E402,F401  (before topv_edge sets MTMD_CPP_LIB)
-
+# topv_edge first: it points llama_cpp at the project's patched llama.cpp build (the only one installed;
+# with TopV off it computes bit-identically to stock llama.cpp, tests/test_llama_patch.py checks that)
 from topv_edge import demo_data as D  # noqa: E402
 from topv_edge import synthetic as S  # noqa: E402
+import llama_cpp  # noqa: E402
+import llama_cpp.mtmd_cpp  # noqa: E402,F401
 
 OUT_DIR = REPO / "build" / "demo_vlm"
 TRAIN_SEED_BASE = 1000            # batch of step t: examples from default_rng([TRAIN_SEED_BASE + t, i])
+VIT_SEED_BASE = 10 ** 6            # ViT warm-up batches (also >= 1000: never an evaluation seed)
 VAL_SEED, TEST_SEED = 1, 2
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -267,8 +267,9 @@ def build_model(cfg: Config):
             self.out_norm = RMSNorm(cfg.n_embd)
             self.out = nn.Linear(cfg.n_embd, n_vocab, bias=False)
             # training-only auxiliary heads on the vision features (not exported)
-            self.aux_color = nn.Linear(cfg.v_embd, 1 + len(D.COLORS))
-            self.aux_shape = nn.Linear(cfg.v_embd, 1 + len(D.SHAPES))
+            # (on the projector's output, the image tokens the language model reads)
+            self.aux_color = nn.Linear(cfg.n_embd, 1 + len(D.COLORS))
+            self.aux_shape = nn.Linear(cfg.n_embd, 1 + len(D.SHAPES))
             self.apply(self._init)
             # 2-D sin-cos start for the position table (as MAE does): attention can be local from step 0
             with torch.no_grad():
@@ -315,8 +316,16 @@ def pixels(img) -> np.ndarray:
 # batches
 
 
-def make_train_batch(step: int, batch: int, k: int, tok: Tok):
-    """`batch` pictures with up to k questions each, packed as branches; everything from the step's seed."""
+def labelled_picture(rng, n_objects: int | None = None):
+    """(scene, model input pixels, per-patch colour classes, per-patch shape classes) of a new scene."""
+    scene = D.make_scene(rng, n_objects)
+    img, mask = D.render(scene)
+    return (scene, pixels(img), *D.patch_labels(scene, mask))
+
+
+def make_train_batch(step: int, batch: int, k: int, tok: Tok, max_objects: int = D.MAX_SHAPES):
+    """`batch` pictures (1 to max_objects shapes) with up to k questions each, packed as branches;
+    everything from the step's seed."""
     import torch
 
     n_img = D.GRID * D.GRID
@@ -325,10 +334,8 @@ def make_train_batch(step: int, batch: int, k: int, tok: Tok):
     rows, pix, aux_c, aux_s = [], [], [], []
     for i in range(batch):
         rng = D.example_rng(TRAIN_SEED_BASE + step, i)
-        scene = D.make_scene(rng)
-        img, mask = D.render(scene)
-        pix.append(pixels(img))
-        c, s = D.patch_labels(scene, mask)
+        scene, x, c, s = labelled_picture(rng, int(rng.integers(1, max_objects + 1)))
+        pix.append(x)
         aux_c.append(c)
         aux_s.append(s)
         branches = []
@@ -368,6 +375,52 @@ def make_train_batch(step: int, batch: int, k: int, tok: Tok):
     }
 
 
+def aux_loss(model, feats, colours, shapes):
+    """Per-patch colour and shape of the covering object (0: background). Most patches are background, so
+    the shape term is also taken over object patches alone, twice: it is what makes the ViT learn shapes."""
+    import torch.nn.functional as F
+
+    obj = colours > 0
+    ls = model.aux_shape(feats)
+    return (F.cross_entropy(model.aux_color(feats).flatten(0, 1), colours.flatten())
+            + F.cross_entropy(ls.flatten(0, 1), shapes.flatten()) + 2.0 * F.cross_entropy(ls[obj], shapes[obj]))
+
+
+def make_vision_batch(step: int, batch: int):
+    """Pictures and per-patch labels only (the ViT warm-up); seeds distinct from the main phase's."""
+    import torch
+
+    pix, cs, ss = zip(*(labelled_picture(D.example_rng(VIT_SEED_BASE + step, i))[1:] for i in range(batch)))
+    return torch.from_numpy(np.stack(pix)), torch.from_numpy(np.stack(cs)), torch.from_numpy(np.stack(ss))
+
+
+def vision_warmup(model, args) -> None:
+    """Train the ViT and the auxiliary heads alone for a while: the language model then starts from image
+    tokens that already say colour and shape, and the whole model converges several times faster."""
+    import torch
+
+    params = [p for n, p in model.named_parameters() if n.startswith(("vision.", "aux_"))]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    t0 = time.time()
+    for step in range(args.vit_steps):
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / 25)
+        pix, cs, ss = make_vision_batch(step, args.vit_batch)
+        feats = model.vision.project(model.vision.features(pix))
+        loss = aux_loss(model, feats, cs, ss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if (step + 1) % args.log_every == 0:
+            with torch.no_grad():
+                obj = cs > 0
+                acc_s = (model.aux_shape(feats)[obj].argmax(-1) == ss[obj]).float().mean().item()
+                acc_c = (model.aux_color(feats)[obj].argmax(-1) == cs[obj]).float().mean().item()
+            print(f"vit step {step + 1} aux {loss.item():.4f} object patches: colour {acc_c:.3f} shape {acc_s:.3f} "
+                  f"elapsed {(time.time() - t0) / 60:.1f}min", flush=True)
+
+
 def forward_train(model, batch):
     import torch
     import torch.nn.functional as F
@@ -381,8 +434,7 @@ def forward_train(model, batch):
     sel = batch["targets"] >= 0
     logits = model.out(h[sel])
     loss = F.cross_entropy(logits, batch["targets"][sel])
-    aux = (F.cross_entropy(model.aux_color(feats).flatten(0, 1), batch["aux_c"].flatten())
-           + F.cross_entropy(model.aux_shape(feats).flatten(0, 1), batch["aux_s"].flatten()))
+    aux = aux_loss(model, img, batch["aux_c"], batch["aux_s"])
     with torch.no_grad():
         bi = torch.tensor([f[0] for f in batch["first"]])
         ti = torch.tensor([f[1] for f in batch["first"]])
@@ -493,6 +545,8 @@ def cmd_train(args) -> int:
         print(f"resumed at step {step} (best val {best:.3f})", flush=True)
     n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux"))
     print(f"config {asdict(cfg)}\nparams {n_params / 1e6:.2f} M, vocab {tok.n_vocab}, threads {args.threads}", flush=True)
+    if step == 0 and args.vit_steps:
+        vision_warmup(model, args)
     val = D.generate_split(args.val_n, VAL_SEED)
     t0, tl = time.time(), time.time()
     run = {"loss": 0.0, "aux": 0.0, "n": 0, "types": {}}
@@ -506,7 +560,10 @@ def cmd_train(args) -> int:
     while step < args.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        batch = make_train_batch(step, args.batch, args.k, tok)
+        # curriculum: with one or two shapes the answer is nearly always "the" shape's, and the language
+        # model first learns to read the image tokens; then scenes grow to the full 1..4 shapes
+        max_objects = min(D.MAX_SHAPES, 2 + step // args.curriculum_steps)
+        batch = make_train_batch(step, args.batch, args.k, tok, max_objects)
         loss, aux, per_type = forward_train(model, batch)
         aux_w = args.aux_weight if step < args.aux_steps else 0.0
         total = loss + aux_w * aux
@@ -623,9 +680,29 @@ def cmd_export(args) -> int:
                    name="topv-edge demo VLM mmproj")
     model_path.with_suffix(".tmp").replace(model_path)
     mmproj_path.with_suffix(".tmp").replace(mmproj_path)
-    for p in (model_path, mmproj_path):
-        print(f"{p} {p.stat().st_size / 1e6:.1f} MB")
+    picture = write_demo_picture(out)
+    for p in (model_path, mmproj_path, picture, picture.with_suffix(".json")):
+        print(f"{p} {p.stat().st_size / 1e6:.2f} MB")
     return 0
+
+
+DEMO_PICTURE_SEED = 3  # an evaluation seed (never trained on)
+
+
+def write_demo_picture(out: Path) -> Path:
+    """demo.png (the picture `chat --demo` shows the model) and demo.json (its questions and answers):
+    the first scene of seed DEMO_PICTURE_SEED with three shapes, one question of each type it allows."""
+    for i in range(1000):
+        rng = D.example_rng(DEMO_PICTURE_SEED, i)
+        scene = D.make_scene(rng)
+        if len(scene.objects) == 3 and len(D.available_qtypes(scene)) == len(D.QTYPES):
+            break
+    img, _ = D.render(scene)
+    path = out / "demo.png"
+    img.save(path)
+    qa = [dict(zip(("question", "answer", "kind"), D.ask(scene, rng, t))) for t in D.QTYPES]
+    path.with_suffix(".json").write_text(json.dumps(qa, indent=1) + "\n")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -636,7 +713,7 @@ _NO_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
 
 
 class LlamaCppVLM:
-    """Single-question greedy answers and first-token logits from llama.cpp (stock build)."""
+    """Single-question greedy answers and first-token logits from llama.cpp (TopV off: the stock code path)."""
 
     def __init__(self, model_path: Path, mmproj_path: Path, threads: int = 1, n_ctx: int = 512,
                  verbose: bool = False) -> None:
@@ -776,11 +853,11 @@ def cmd_llama_eval(args) -> int:
     try:
         for r in rows:
             a, _ = vlm.ask(r["image"], r["question"])
-            res.append((r["type"], r["answer"], a))
+            res.append((r["kind"], r["answer"], a))
     finally:
         vlm.close()
     acc = D.accuracy_by_type(res)
-    print(f"llama.cpp (stock), {len(rows)} examples: {fmt_acc(acc)} ({time.time() - t:.0f}s)")
+    print(f"llama.cpp (unpruned), {len(rows)} examples: {fmt_acc(acc)} ({time.time() - t:.0f}s)")
     print(json.dumps({k: list(v) for k, v in acc.items()}))
     return 0
 
@@ -799,6 +876,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--aux-weight", type=float, default=0.5)
+    t.add_argument("--vit-steps", type=int, default=300, help="ViT-only warm-up steps before the main phase")
+    t.add_argument("--curriculum-steps", type=int, default=300,
+                   help="scenes have at most 2 shapes for this many steps, 3 for as many again, then 4")
+    t.add_argument("--vit-batch", type=int, default=32, help="pictures per warm-up step")
     t.add_argument("--aux-steps", type=int, default=10 ** 9, help="use the auxiliary loss for this many steps")
     t.add_argument("--val-n", type=int, default=600)
     t.add_argument("--eval-every", type=int, default=250)
@@ -812,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--ckpt", default=str(OUT_DIR / "best.pt"))
         p.add_argument("--threads", type=int, default=1)
-        p.add_argument("-o", "--out", default=str(REPO / "models" / "demo"))
+        p.add_argument("-o", "--out", default=str(REPO / "topv_edge" / "demo_model"))
         p.add_argument("--n", type=int, default=600)
         p.add_argument("--seed", type=int, default=VAL_SEED if name == "eval" else TEST_SEED)
         p.add_argument("--data", help="an eval set written by scripts/gen_eval_set.py (default: generated)")

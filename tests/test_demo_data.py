@@ -75,7 +75,7 @@ def test_patch_labels_mark_the_shapes():
 def test_write_jsonl(tmp_path):
     path = D.write_jsonl(tmp_path, 4, 2)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert len(lines) == 4 and set(lines[0]) == {"image", "question", "answer", "type"}
+    assert len(lines) == 4 and set(lines[0]) == {"image", "question", "answer", "kind"}
     assert (tmp_path / lines[0]["image"]).is_file()
     rows = D.read_jsonl(path)
     ref = D.generate_split(4, 2)

@@ -87,17 +87,24 @@ def test_kept_set_is_what_select_returns_on_the_probed_features(models_dir, pict
 
 
 def test_pruned_logits_equal_a_manual_decode_of_the_kept_tokens_at_their_positions(models_dir, picture, libs):
-    """The stage's output = decoding the kept embeddings by hand at n_past + index (and != renumbered)."""
-    with session(models_dir, "llava", keep=0.25) as chat:
-        chat.add_user_message(QUESTION, [picture])
-        pruned = chat.logits()
-        kept = libs.topv_kept(chat.mctx)
-    results = {}
+    """The stage's output = decoding the kept embeddings by hand at n_past + index (and != renumbered);
+    its diagnostic mode renumber_positions = decoding them by hand at consecutive positions."""
+    stage = {}
+    for mode in ("original", "renumbered"):
+        with session(models_dir, "llava", keep=0.25, renumber_positions=(mode == "renumbered")) as chat:
+            chat.add_user_message(QUESTION, [picture])
+            stage[mode] = chat.logits()
+            kept = libs.topv_kept(chat.mctx)
+            if mode == "renumbered":  # text follows right after the kept tokens
+                positions = sorted(int(p) for p in chat.kv_cell_positions())
+                assert positions == list(range(len(positions))) and chat.n_past == len(positions)
+    manual = {}
     for mode in ("original", "renumbered"):
         with session(models_dir, "llava", enabled=False) as chat:
-            results[mode] = manual_prefill(chat, picture, kept, renumber=(mode == "renumbered"))
-    np.testing.assert_allclose(results["original"], pruned, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(results["renumbered"], pruned, rtol=1e-3, atol=1e-3)
+            manual[mode] = manual_prefill(chat, picture, kept, renumber=(mode == "renumbered"))
+    np.testing.assert_allclose(manual["original"], stage["original"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(manual["renumbered"], stage["renumbered"], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(manual["renumbered"], stage["original"], rtol=1e-3, atol=1e-3)
 
 
 def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray, renumber: bool) -> np.ndarray:

@@ -324,7 +324,7 @@ def generate_split(n: int, seed: int) -> list[Example]:
 
 
 def write_jsonl(out_dir: str | Path, n: int, seed: int) -> Path:
-    """Write images/NNNNN.png and data.jsonl ({"image", "question", "answer", "type"} per line). Returns data.jsonl."""
+    """Write images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} per line). Returns data.jsonl."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / "data.jsonl"
@@ -332,7 +332,7 @@ def write_jsonl(out_dir: str | Path, n: int, seed: int) -> Path:
         for i, ex in enumerate(iter_split(n, seed)):
             rel = f"images/{i:05d}.png"
             ex.image.save(out / rel)
-            f.write(json.dumps({"image": rel, "question": ex.question, "answer": ex.answer, "type": ex.qtype}) + "\n")
+            f.write(json.dumps({"image": rel, "question": ex.question, "answer": ex.answer, "kind": ex.qtype}) + "\n")
     return path
 
 

@@ -2,13 +2,18 @@
 llama.cpp, for each method, keep and layer, and compare with the unpruned baseline.
 
   python -m topv_edge.eval --model M.gguf [--mmproj P.gguf] --data FILE.jsonl [--keep 0.5 0.25 0.11]
-                           [--method topv,uniform,norm] [--layer 2] [--limit N] [--json] [--out results.json]
+                           [--method topv,uniform,norm] [--layer 2] [--positions original,renumbered]
+                           [--topv NAME=VALUE ...] [--limit N] [--json] [--out results.json]
 
 FILE.jsonl holds one object per line: {"image": path, "question": str, "answer": str} (image paths
 relative to the file; other fields, e.g. "kind", break the accuracy down). A prediction is right when it
 equals the answer after lower-casing and removing punctuation and surrounding spaces; only the answer's
 first line counts. Works on any model llama.cpp runs (real models and data sets included): the prompt
 is the question, with the model's own chat template.
+
+`--positions renumbered` is a diagnostic: the kept tokens are decoded at consecutive positions and the
+text follows right after them (what a pruner that ignores positions does), to measure what keeping the
+original positions is worth. M-RoPE models (Qwen2-VL) always keep their original positions.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=parse_keep, nargs="+", default=[0.5, 0.25, 0.11])
     ap.add_argument("--method", default="topv,uniform,norm", help="comma-separated: topv, uniform, norm")
     ap.add_argument("--layer", type=_nonnegative_int, nargs="+", default=[2])
+    ap.add_argument("--positions", default="original",
+                    help="comma-separated: original (the product), renumbered (diagnostic, see above)")
     ap.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[], help="a pass parameter, e.g. gamma=0.5")
     ap.add_argument("--limit", type=int, help="only the first N questions")
     ap.add_argument("--threads", type=int)
@@ -98,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         bad = [m for m in methods if m not in ("topv", "uniform", "norm")]
         if bad:
             raise ChatError(f"unknown method(s) {', '.join(bad)}; choose from topv, uniform, norm")
+        positions = [m.strip() for m in args.positions.split(",") if m.strip()]
+        bad = [m for m in positions if m not in ("original", "renumbered")]
+        if bad or not positions:
+            raise ChatError(f"unknown --positions {', '.join(bad)}; choose from original, renumbered")
         params = parse_topv_params(args.topv)
         items = read_items(args.data, args.limit)
         show = (lambda i, n: print(f"\r  {i}/{n}", end="", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
@@ -106,13 +117,17 @@ def main(argv: list[str] | None = None) -> int:
                         max_tokens=args.max_tokens) as chat:
             t0 = time.perf_counter()
             base = evaluate(chat, items, TopVOptions(enabled=False), show)
-            rows.append({"method": "none", "keep": 1.0, "layer": None, **base, "retention": 1.0})
-            for method in methods:
-                for layer in args.layer:
-                    for keep in args.keep:
-                        r = evaluate(chat, items, TopVOptions(keep=keep, layer=layer, method=method, params=params), show)
-                        rows.append({"method": method, "keep": keep, "layer": layer, **r,
-                                     "retention": r["accuracy"] / base["accuracy"] if base["accuracy"] else None})
+            rows.append({"method": "none", "keep": 1.0, "layer": None, "positions": "original", **base,
+                         "retention": 1.0})
+            for pos in positions:
+                for method in methods:
+                    for layer in args.layer:
+                        for keep in args.keep:
+                            opts = TopVOptions(keep=keep, layer=layer, method=method, params=params,
+                                               renumber_positions=pos == "renumbered")
+                            r = evaluate(chat, items, opts, show)
+                            rows.append({"method": method, "keep": keep, "layer": layer, "positions": pos, **r,
+                                         "retention": r["accuracy"] / base["accuracy"] if base["accuracy"] else None})
             seconds = time.perf_counter() - t0
         if show:
             print(file=sys.stderr)
@@ -125,12 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result))
         else:
             kinds = sorted({k for r in rows for k in r["per_kind"]})
-            print(f"{'method':<9}{'keep':>6}{'layer':>6}{'kept':>7}{'accuracy':>10}{'retention':>11}  " + "".join(f"{k:>11}" for k in kinds))
+            show_pos = positions != ["original"]
+            print(f"{'method':<9}{'keep':>6}{'layer':>6}" + (f"{'positions':>12}" if show_pos else "")
+                  + f"{'kept':>7}{'accuracy':>10}{'retention':>11}  " + "".join(f"{k:>9}" for k in kinds))
             for r in rows:
                 layer = "-" if r["layer"] is None else str(r["layer"])
                 retention = "-" if r["retention"] is None else f"{r['retention']:.3f}"
-                print(f"{r['method']:<9}{r['keep']:>6g}{layer:>6}{r['kept_fraction']:>7.2f}{r['accuracy']:>10.3f}"
-                      f"{retention:>11}  " + "".join(f"{r['per_kind'].get(k, float('nan')):>11.3f}" for k in kinds))
+                print(f"{r['method']:<9}{r['keep']:>6g}{layer:>6}" + (f"{r['positions']:>12}" if show_pos else "")
+                      + f"{r['kept_fraction']:>7.2f}{r['accuracy']:>10.3f}{retention:>11}  "
+                      + "".join(f"{r['per_kind'].get(k, float('nan')):>9.3f}" for k in kinds))
         return 0
     except ChatError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -76,6 +76,7 @@ class MtmdTopvParams(ctypes.Structure):
         ("keep_count", ctypes.c_int32),
         ("layer", ctypes.c_int32),
         ("pass_params", TopVParams),
+        ("renumber_positions", ctypes.c_bool),
     ]
 
 

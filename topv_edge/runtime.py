@@ -96,13 +96,16 @@ def read_image(path: str | Path) -> bytes:
 @dataclass
 class TopVOptions:
     """How to prune: `keep` is a ratio in (0, 1] or a token count; `layer` the probe layer Li; `method`
-    topv, or a baseline (uniform: evenly spaced, norm: largest source-feature norm)."""
+    topv, or a baseline (uniform: evenly spaced, norm: largest source-feature norm); `renumber_positions`
+    a diagnostic that decodes the kept tokens at consecutive positions instead of their original ones."""
 
     enabled: bool = True
     keep: float | int = 0.25
     layer: int = 2
     params: dict[str, float | int] = field(default_factory=dict)  # alpha, beta, ... (defaults from C)
     method: str = "topv"
+    # diagnostic: kept tokens at consecutive positions, text right after them (ignored by M-RoPE models)
+    renumber_positions: bool = False
 
     def kept_for(self, n_tokens: int) -> int:
         if not self.enabled:
@@ -166,6 +169,7 @@ def configure_topv(libs: llama_libs.LlamaLibs, mctx: Any, options: TopVOptions, 
     else:
         p.keep_count, p.keep_ratio = 0, float(options.keep)
     p.layer = options.layer
+    p.renumber_positions = options.renumber_positions
     try:
         p.pass_params = make_params(options.method, threads=threads, **options.params)
     except (TypeError, ValueError) as e:
