@@ -30,7 +30,9 @@ answer " {word}</s>". Loss on the answer tokens only.
 Training packs several questions about one picture into one sequence as independent branches:
 each branch attends to the prompt prefix and the image and to itself only, and its positions
 continue from the image (so every branch sees exactly the single-question prompt). A per-patch
-auxiliary head (colour and shape of the object covering each patch; not exported) speeds the ViT up.
+auxiliary head on the image tokens (colour and shape of the object covering each patch, the patch's row
+and column; not exported), a ViT-only warm-up and a curriculum on the number of shapes speed it up.
+Status and the runs so far: docs/demo_model.md (the 90 % bar is not reached yet).
 """
 
 from __future__ import annotations
@@ -270,6 +272,8 @@ def build_model(cfg: Config):
             # (on the projector's output, the image tokens the language model reads)
             self.aux_color = nn.Linear(cfg.n_embd, 1 + len(D.COLORS))
             self.aux_shape = nn.Linear(cfg.n_embd, 1 + len(D.SHAPES))
+            self.aux_col = nn.Linear(cfg.n_embd, D.GRID)   # the patch's column and row: left/right and
+            self.aux_row = nn.Linear(cfg.n_embd, D.GRID)   # top/bottom need them in the image tokens
             self.apply(self._init)
             # 2-D sin-cos start for the position table (as MAE does): attention can be local from step 0
             with torch.no_grad():
@@ -376,14 +380,21 @@ def make_train_batch(step: int, batch: int, k: int, tok: Tok, max_objects: int =
 
 
 def aux_loss(model, feats, colours, shapes):
-    """Per-patch colour and shape of the covering object (0: background). Most patches are background, so
-    the shape term is also taken over object patches alone, twice: it is what makes the ViT learn shapes."""
+    """Per-patch colour and shape of the covering object (0: background), and the patch's column and row.
+    Most patches are background, so the shape term is also taken over object patches alone, twice: it is
+    what makes the ViT learn shapes."""
+    import torch
     import torch.nn.functional as F
 
     obj = colours > 0
     ls = model.aux_shape(feats)
+    n = feats.shape[1]
+    col = (torch.arange(n) % D.GRID).expand(feats.shape[0], n)
+    row = (torch.arange(n) // D.GRID).expand(feats.shape[0], n)
     return (F.cross_entropy(model.aux_color(feats).flatten(0, 1), colours.flatten())
-            + F.cross_entropy(ls.flatten(0, 1), shapes.flatten()) + 2.0 * F.cross_entropy(ls[obj], shapes[obj]))
+            + F.cross_entropy(ls.flatten(0, 1), shapes.flatten()) + 2.0 * F.cross_entropy(ls[obj], shapes[obj])
+            + 0.5 * F.cross_entropy(model.aux_col(feats).flatten(0, 1), col.flatten())
+            + 0.5 * F.cross_entropy(model.aux_row(feats).flatten(0, 1), row.flatten()))
 
 
 def make_vision_batch(step: int, batch: int):
