@@ -31,7 +31,9 @@ Training packs several questions about one picture into one sequence as independ
 each branch attends to the prompt prefix and the image and to itself only, and its positions
 continue from the image (so every branch sees exactly the single-question prompt). A per-patch
 auxiliary head on the image tokens (colour and shape of the object covering each patch, the patch's row
-and column; not exported), a ViT-only warm-up and a curriculum on the number of shapes speed it up.
+and column; not exported), a ViT-only warm-up, a curriculum on the number of shapes and a binding loss
+(one attention head of the answer position pulled towards the patches of the object the question names)
+speed it up.
 Status and the runs so far: docs/demo_model.md (the 90 % bar is not reached yet).
 """
 
@@ -60,6 +62,7 @@ import llama_cpp.mtmd_cpp  # noqa: E402,F401
 
 OUT_DIR = REPO / "build" / "demo_vlm"
 TRAIN_SEED_BASE = 1000            # batch of step t: examples from default_rng([TRAIN_SEED_BASE + t, i])
+BIND_LAYER, BIND_HEAD = 1, 0      # the attention head the binding loss trains
 VIT_SEED_BASE = 10 ** 6            # ViT warm-up batches (also >= 1000: never an evaluation seed)
 VAL_SEED, TEST_SEED = 1, 2
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -245,6 +248,7 @@ def build_model(cfg: Config):
             self.gate = nn.Linear(e, cfg.n_ff, bias=False)
             self.up = nn.Linear(e, cfg.n_ff, bias=False)
             self.down = nn.Linear(cfg.n_ff, e, bias=False)
+            self.keep_qk, self.qk = False, None
 
         def forward(self, x, pos, mask):
             B, L, e = x.shape
@@ -255,6 +259,8 @@ def build_model(cfg: Config):
             v = self.v(y).view(B, L, kvh, hd).transpose(1, 2)
             if kvh != h:
                 k, v = k.repeat_interleave(h // kvh, 1), v.repeat_interleave(h // kvh, 1)
+            if self.keep_qk:
+                self.qk = (q, k)  # for the binding loss (training only)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             x = x + self.o(a.transpose(1, 2).reshape(B, L, e))
             y = self.ffn_norm(x)
@@ -327,6 +333,41 @@ def labelled_picture(rng, n_objects: int | None = None):
     return (scene, pixels(img), *D.patch_labels(scene, mask))
 
 
+def queried_patches(scene, question: str, qtype: str, colours, shapes):
+    """The image tokens of the object a question names (float mask over the patches), None if it names
+    none (count, a "no" to exists) or the object covers no patch enough to be labelled."""
+    if qtype == "count":
+        return None
+    words = question.lower().rstrip("?").split()
+    col = next((w for w in words if w in D.COLORS), None)
+    shp = next((w for w in words if w in D.SHAPES), None)
+    objs = [o for o in scene.objects if (col is None or o.color == col) and (shp is None or o.shape == shp)]
+    if len(objs) != 1:
+        return None
+    o = objs[0]
+    where = (colours == 1 + list(D.COLORS).index(o.color)) & (shapes == 1 + D.SHAPES.index(o.shape))
+    return where.astype(np.float32) if where.any() else None
+
+
+def binding_loss(model, batch):
+    """Cross-entropy between one attention head's weights over the image tokens, at the position that
+    predicts the answer, and the patches of the object the question names: teaches the lookup that
+    the answer needs. Training only; llama.cpp never sees it."""
+    import torch
+
+    if not batch["bind"]:
+        return torch.zeros(())
+    q, k = model.blocks[BIND_LAYER].qk
+    npf, n_img = batch["n_prefix"], D.GRID * D.GRID
+    bi = torch.tensor([x[0] for x in batch["bind"]])
+    ti = torch.tensor([x[1] for x in batch["bind"]])
+    target = torch.from_numpy(np.stack([x[2] for x in batch["bind"]]))
+    qq = q[bi, BIND_HEAD, ti]                                   # (n, hd)
+    kk = k[bi, BIND_HEAD, npf:npf + n_img]                      # (n, n_img, hd)
+    logits = torch.einsum("nd,nid->ni", qq, kk) / math.sqrt(q.shape[-1])
+    return -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+
+
 def make_train_batch(step: int, batch: int, k: int, tok: Tok, max_objects: int = D.MAX_SHAPES):
     """`batch` pictures (1 to max_objects shapes) with up to k questions each, packed as branches;
     everything from the step's seed."""
@@ -345,20 +386,21 @@ def make_train_batch(step: int, batch: int, k: int, tok: Tok, max_objects: int =
         branches = []
         for q, a, t in D.ask_many(scene, rng, k):
             qi, ai = tok.question(q), tok.answer(a)
-            branches.append((qi, ai, t))
+            branches.append((qi, ai, t, queried_patches(scene, q, t, c, s)))
         rows.append(branches)
-    L = P + max(sum(len(q) + len(a) - 1 for q, a, _ in br) for br in rows)
+    L = P + max(sum(len(q) + len(a) - 1 for q, a, _, _ in br) for br in rows)
     ids = torch.zeros(batch, L, dtype=torch.long)
     pos = torch.zeros(batch, L, dtype=torch.long)
     targets = torch.full((batch, L), -100, dtype=torch.long)
     first = []           # (b, index, answer first token, qtype): teacher-forced accuracy of the answer word
+    bind = []            # (b, index, distribution over the image tokens of the object the question names)
     mask = torch.zeros(batch, L, L, dtype=torch.bool)
     for b, br in enumerate(rows):
         ids[b, : len(prefix)] = torch.tensor(prefix)
         pos[b, :P] = torch.arange(P)
         mask[b, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
         cur = P
-        for qi, ai, t in br:
+        for qi, ai, t, where in br:
             seq = qi + ai[:-1]              # inputs; the last answer token (</s>) is only a target
             tgt = [-100] * (len(qi) - 1) + ai
             n = len(seq)
@@ -368,6 +410,8 @@ def make_train_batch(step: int, batch: int, k: int, tok: Tok, max_objects: int =
             mask[b, cur:cur + n, :P] = True
             mask[b, cur:cur + n, cur:cur + n] = torch.ones(n, n, dtype=torch.bool).tril()
             first.append((b, cur + len(qi) - 1, ai[0], t))
+            if where is not None:
+                bind.append((b, cur + len(qi) - 1, where / where.sum()))
             cur += n
         if cur < L:  # padding rows attend to themselves only (no NaN), never a target
             idx = torch.arange(cur, L)
@@ -375,7 +419,7 @@ def make_train_batch(step: int, batch: int, k: int, tok: Tok, max_objects: int =
     return {
         "pix": torch.from_numpy(np.stack(pix)), "ids": ids, "pos": pos, "targets": targets,
         "mask": mask[:, None], "aux_c": torch.from_numpy(np.stack(aux_c)), "aux_s": torch.from_numpy(np.stack(aux_s)),
-        "first": first, "n_prefix": len(prefix),
+        "first": first, "n_prefix": len(prefix), "bind": bind,
     }
 
 
@@ -441,7 +485,10 @@ def forward_train(model, batch):
     x = model.tok_emb(batch["ids"])
     npf = batch["n_prefix"]
     x = torch.cat([x[:, :npf], img, x[:, npf + img.shape[1]:]], dim=1)
+    model.blocks[BIND_LAYER].keep_qk = True
     h = model.text(x, batch["pos"], batch["mask"])
+    bind = binding_loss(model, batch)
+    model.blocks[BIND_LAYER].keep_qk, model.blocks[BIND_LAYER].qk = False, None
     sel = batch["targets"] >= 0
     logits = model.out(h[sel])
     loss = F.cross_entropy(logits, batch["targets"][sel])
@@ -456,7 +503,7 @@ def forward_train(model, batch):
         c = per_type.setdefault(f[3], [0, 0])
         c[0] += int(o)
         c[1] += 1
-    return loss, aux, per_type
+    return loss, aux, bind, per_type
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -560,7 +607,7 @@ def cmd_train(args) -> int:
         vision_warmup(model, args)
     val = D.generate_split(args.val_n, VAL_SEED)
     t0, tl = time.time(), time.time()
-    run = {"loss": 0.0, "aux": 0.0, "n": 0, "types": {}}
+    run = {"loss": 0.0, "aux": 0.0, "bind": 0.0, "n": 0, "types": {}}
 
     def save(path: Path, extra: dict | None = None) -> None:
         tmp = path.with_suffix(".tmp")
@@ -575,9 +622,9 @@ def cmd_train(args) -> int:
         # model first learns to read the image tokens; then scenes grow to the full 1..4 shapes
         max_objects = min(D.MAX_SHAPES, 2 + step // args.curriculum_steps)
         batch = make_train_batch(step, args.batch, args.k, tok, max_objects)
-        loss, aux, per_type = forward_train(model, batch)
+        loss, aux, bind, per_type = forward_train(model, batch)
         aux_w = args.aux_weight if step < args.aux_steps else 0.0
-        total = loss + aux_w * aux
+        total = loss + aux_w * aux + args.bind_weight * bind
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -585,6 +632,7 @@ def cmd_train(args) -> int:
         step += 1
         run["loss"] += loss.item()
         run["aux"] += aux.item()
+        run["bind"] += bind.item()
         run["n"] += 1
         for t, (c, n) in per_type.items():
             r = run["types"].setdefault(t, [0, 0])
@@ -594,9 +642,10 @@ def cmd_train(args) -> int:
             tt = {t: tuple(v) for t, v in run["types"].items()}
             tt["all"] = (sum(v[0] for v in run["types"].values()), sum(v[1] for v in run["types"].values()))
             print(f"step {step} loss {run['loss'] / run['n']:.4f} aux {run['aux'] / run['n']:.4f} "
+                  f"bind {run['bind'] / run['n']:.3f} "
                   f"lr {opt.param_groups[0]['lr']:.2e} train-tf {fmt_acc(tt)} "
                   f"{(time.time() - tl) / run['n']:.2f}s/step elapsed {(time.time() - t0) / 60:.1f}min", flush=True)
-            run = {"loss": 0.0, "aux": 0.0, "n": 0, "types": {}}
+            run = {"loss": 0.0, "aux": 0.0, "bind": 0.0, "n": 0, "types": {}}
             tl = time.time()
         if step % args.eval_every == 0 or step == args.steps:
             te = time.time()
@@ -887,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--warmup", type=int, default=100)
     t.add_argument("--aux-weight", type=float, default=0.5)
+    t.add_argument("--bind-weight", type=float, default=1.0, help="weight of the binding (attention) loss")
     t.add_argument("--vit-steps", type=int, default=300, help="ViT-only warm-up steps before the main phase")
     t.add_argument("--curriculum-steps", type=int, default=300,
                    help="scenes have at most 2 shapes for this many steps, 3 for as many again, then 4")
