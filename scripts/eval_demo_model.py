@@ -31,13 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from topv_edge import demo_data as D  # noqa: E402
+from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL  # noqa: E402
 from topv_edge.eval import evaluate, read_items  # noqa: E402
 from topv_edge.pruning import default_params  # noqa: E402
 from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2
-DEMO_MODEL = REPO / "topv_edge" / "demo_model" / "demo-vlm.gguf"   # scripts/train_demo_vlm.py export
-DEMO_MMPROJ = DEMO_MODEL.with_name("mmproj-demo-vlm.gguf")
 GRID = {
     "alpha": [0.0, 0.5, 1.0, 2.0],
     "beta": [0.0, 0.25, 0.5, 1.0],

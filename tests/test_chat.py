@@ -52,7 +52,10 @@ def test_no_prune_answers_exactly_like_stock_llama_cpp_python(models_dir, pictur
         {"type": "image_url", "image_url": {"url": picture.as_uri()}}, {"type": "text", "text": QUESTION}]}],
         temperature=0.0, repeat_penalty=1.0, max_tokens=12, seed=0)
     llm.close()
-    assert ours == out["choices"][0]["message"]["content"]
+    theirs = out["choices"][0]["message"]["content"]
+    # llama-cpp-python's MTMD path can return one token more than max_tokens (the llava model here: 13
+    # completion tokens for 12); then our 12 tokens are the start of its 13
+    assert ours == theirs or (out["usage"]["completion_tokens"] > 12 and theirs.startswith(ours) and ours)
 
 
 def test_repl_through_stdin(models_dir, picture, libs):

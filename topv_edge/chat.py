@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="the text model (.gguf)")
     ap.add_argument("images", nargs="*", help="images for the first message (PNG, JPEG, ... anything Pillow reads)")
-    ap.add_argument("--demo", action="store_true", help="use the project's demo model and picture (generated on first use)")
+    ap.add_argument("--demo", action="store_true", help="use the project's trained demo model and its picture (it answers one-word questions about "
+                         "coloured shapes: count, colour, shape, yes/no, left/right, top/bottom)")
     ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
     ap.add_argument("-p", "--prompt", help="ask this once, print the answer and exit (no interactive chat)")
     g = ap.add_argument_group("pruning")
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     g.add_argument("--max-tokens", type=int, default=None,
-                   help="longest answer in tokens (default 256; 32 with --demo, whose random-weight model rambles)")
+                   help="longest answer in tokens (default 256; 8 with --demo, whose answers are one word)")
     g = ap.add_argument_group("output")
     g.add_argument("--json", action="store_true",
                    help="after each answer print one JSON line: image tokens, kept tokens, encode/probe/pass/prefill ms, "
@@ -139,14 +140,19 @@ def _stream(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.demo:
-        from .demo import demo_files
+        from .demo import demo_files, demo_questions
 
-        model, mmproj, image = demo_files()
+        try:
+            model, mmproj, image = demo_files()
+        except FileNotFoundError as e:
+            raise ChatError(str(e)) from None
         args.model, args.mmproj = str(model), str(mmproj)
         args.images = args.images or [str(image)]
         if args.max_tokens is None:
-            args.max_tokens = 32
+            args.max_tokens = 8
         print(f"demo: {model.name} and {image}", file=sys.stderr)
+        if args.prompt is None:
+            print("ask it, e.g.: " + " / ".join(q["question"] for q in demo_questions()[:3]), file=sys.stderr)
     if not args.model:
         raise ChatError("give a model (MODEL.gguf IMAGE ...) or --demo; see --help")
     options = _topv_options(args)

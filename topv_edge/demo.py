@@ -1,28 +1,33 @@
-"""The demo for `python -m topv_edge.chat --demo`: a small model pair and a picture, made on first use.
+"""The demo for `python -m topv_edge.chat --demo`: the project's trained demo model and a picture.
 
-Until the trained demo model ships, the model is the project's tiny random-weight LLaVA-style pair
-(its answers are noise; it shows the pipeline, the pruning and the timings).
+The model (docs/demo_model.md) is a 5M-parameter LLaVA-1.5-style pair trained by
+scripts/train_demo_vlm.py on the procedural shapes of `topv_edge.demo_data`; it ships inside the
+package, as GGUF files llama.cpp loads like any LLaVA model. It answers, in one word, the kinds of
+question in `demo_questions()` about pictures like the bundled one (168 x 168, 144 image tokens).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
+DEMO_MODEL = DEMO_DIR / "demo-vlm.gguf"
+DEMO_MMPROJ = DEMO_DIR / "mmproj-demo-vlm.gguf"
+DEMO_PICTURE = DEMO_DIR / "demo.png"
+DEMO_QA = DEMO_DIR / "demo.json"  # questions about the picture and their right answers
 
-def demo_dir() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "topv-edge" / "demo"
+
+def demo_questions() -> list[dict[str, str]]:
+    """[{"question", "answer", "kind"}] about the bundled picture, one per kind of question."""
+    import json
+
+    return json.loads(DEMO_QA.read_text())
 
 
 def demo_files() -> tuple[Path, Path, Path]:
-    """(model, mmproj, picture), generated into the cache directory on first use."""
-    from .synthetic import demo_image, write_pair
-
-    out = demo_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    model, mmproj = write_pair("llava", "tiny", out, seed=0)
-    picture = out / "demo.png"
-    if not picture.exists():
-        demo_image(seed=0).save(picture)
-    return model, mmproj, picture
+    """(model, mmproj, picture) of the shipped demo model."""
+    missing = [p for p in (DEMO_MODEL, DEMO_MMPROJ, DEMO_PICTURE, DEMO_QA) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the demo model is not installed ({', '.join(str(p) for p in missing)} missing); "
+                                "reinstall topv-edge or run scripts/train_demo_vlm.py export")
+    return DEMO_MODEL, DEMO_MMPROJ, DEMO_PICTURE

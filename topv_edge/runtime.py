@@ -301,18 +301,9 @@ class VisionChat:
         self._apply_topv()
 
     def _load_template(self):
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         buf = ctypes.create_string_buffer(1 << 16)
         n = self.llama.llama_model_meta_val_str(self.model, b"tokenizer.chat_template", buf, len(buf))
-        source = buf.value.decode("utf-8", "replace") if n > 0 else LLAVA15_TEMPLATE
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-        def raise_exception(message: str) -> None:
-            raise ChatError(f"the model's chat template refused the conversation: {message}")
-
-        env.globals["raise_exception"] = raise_exception
-        return env.from_string(source)
+        return compile_chat_template(buf.value.decode("utf-8", "replace") if n > 0 else LLAVA15_TEMPLATE)
 
     def _create_context(self, n_cells_needed: int, n_ubatch: int) -> None:
         L = self.llama
@@ -586,13 +577,28 @@ class VisionChat:
         self.close()
 
 
-# LLaVA-1.5 GGUFs usually carry no chat template; this is the format they were trained with.
+def compile_chat_template(source: str):
+    """A model's Jinja chat template, compiled as HF transformers and llama-cpp-python do (sandboxed,
+    trim_blocks, lstrip_blocks); render(messages=..., add_generation_prompt=..., bos_token=..., ...)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:
+        raise ChatError(f"the model's chat template refused the conversation: {message}")
+
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+# LLaVA-1.5 GGUFs usually carry no chat template; this is the format they were trained with. ({{ '\n' }}:
+# trim_blocks drops a newline written right after a block tag.)
 LLAVA15_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message.role == 'system' %}{{ message.content }}\n{% endif %}"
     "{% if message.role == 'user' %}USER: "
     "{% if message.content is string %}{{ message.content }}"
-    "{% else %}{% for part in message.content %}{{ part.text }}{% endfor %}{% endif %}\n{% endif %}"
+    "{% else %}{% for part in message.content %}{{ part.text }}{% endfor %}{% endif %}{{ '\\n' }}{% endif %}"
     "{% if message.role == 'assistant' %}ASSISTANT: {{ message.content }}</s>\n{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"

@@ -176,9 +176,11 @@ def make_tokenizer(specials: list[str], chat_template: str, n_merges: int = 48, 
 _CONTENT = ("{% if message.content is string %}{{ message.content }}{% else %}"
             "{% for part in message.content %}{% if part.type == 'text' %}{{ part.text }}{% endif %}{% endfor %}"
             "{% endif %}")
+# A newline right after a block tag ({% endif %}) is dropped by the trim_blocks rendering that HF,
+# llama-cpp-python and topv_edge use, hence {{ '\n' }}.
 LLAVA_TEMPLATE = ("{% for message in messages %}"
-                  "{% if message.role == 'system' %}" + _CONTENT + "\n"
-                  "{% elif message.role == 'user' %}USER: " + _CONTENT + "\n"
+                  "{% if message.role == 'system' %}" + _CONTENT + "{{ '\\n' }}"
+                  "{% elif message.role == 'user' %}USER: " + _CONTENT + "{{ '\\n' }}"
                   "{% elif message.role == 'assistant' %}ASSISTANT: " + _CONTENT + "</s>\n"
                   "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
 CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message.role }}\n" + _CONTENT + "<|im_end|>\n"

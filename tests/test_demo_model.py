@@ -1,0 +1,85 @@
+"""The shipped demo model through the patched llama.cpp: it answers the held-out questions unpruned, and
+at a quarter of the image tokens TopV (library defaults) scores what was measured, below the uniform
+baseline on this model (figures and the why: docs/demo_model.md, scripts/eval_demo_model.py report).
+
+The questions are the first N of the test split (topv_edge.demo_data, seed 2: never trained on),
+written afresh by the same generator the figures came from."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from topv_edge import demo_data as D
+from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL, DEMO_PICTURE, demo_questions
+from topv_edge.eval import evaluate, read_items
+from topv_edge.runtime import TopVOptions, VisionChat
+
+N = 240                   # a fixed subset of the test split (40 per question type on average)
+UNPRUNED_MIN = 0.90       # the issue's bar for the demo model, unpruned (measured: 239 / 240)
+# Measured on this subset with the library defaults (layer 2), results/eval_demo.json:
+TOPV_QUARTER_MEASURED = 115 / 240      # 0.479
+UNIFORM_QUARTER_MEASURED = 151 / 240   # 0.629
+MARGIN = 0.03             # llama.cpp builds differ in float summation order; a few answers may flip
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    return read_items(D.write_jsonl(tmp_path_factory.mktemp("demo-test"), N, seed=2))
+
+
+@pytest.fixture(scope="module")
+def chat(libs):
+    with VisionChat(DEMO_MODEL, DEMO_MMPROJ, topv=TopVOptions(enabled=False), threads=2, max_tokens=4) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def accuracy(chat, items):
+    cache: dict[tuple, float] = {}
+
+    def acc(**options) -> float:
+        key = tuple(sorted(options.items()))
+        if key not in cache:
+            cache[key] = evaluate(chat, items, TopVOptions(**options))["accuracy"]
+        return cache[key]
+
+    return acc
+
+
+def test_demo_model_answers_the_held_out_questions_unpruned(accuracy):
+    assert accuracy(enabled=False) >= UNPRUNED_MIN
+
+
+def test_topv_at_a_quarter_of_the_image_tokens_scores_as_measured_below_uniform(accuracy):
+    """On this model TopV's scores favour the centre and the background over the small shapes the answers
+    need (docs/demo_model.md), so at keep 0.25 it answers fewer questions than keeping every 4th token.
+    Pinned both ways: a change to the pass or the runtime that moves either figure must update the docs."""
+    topv, uniform = accuracy(keep=0.25), accuracy(keep=0.25, method="uniform")
+    assert abs(topv - TOPV_QUARTER_MEASURED) <= MARGIN
+    assert abs(uniform - UNIFORM_QUARTER_MEASURED) <= MARGIN
+    assert topv < uniform - 0.10
+
+
+def _chat_demo(question: str, *flags: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "topv_edge.chat", "--demo", "--prompt", question, "--threads", "2",
+                          *flags], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert DEMO_PICTURE.name in out.stderr
+    return D.normalize_answer(out.stdout)
+
+
+def test_chat_demo_answers_about_its_picture(chat):
+    """`python -m topv_edge.chat --demo` runs the shipped model on the bundled picture: unpruned it answers
+    every bundled question right; with the default pruning it answers what the library answers (on this
+    model TopV at keep 0.25 gets some of them wrong: the README says so)."""
+    qa = demo_questions()
+    assert {q["kind"] for q in qa} == set(D.QTYPES)
+    chat.set_topv(TopVOptions(keep=0.25))
+    for q in qa:
+        assert _chat_demo(q["question"], "--no-prune") == q["answer"], q
+        chat.reset()
+        expected, _ = chat.ask(q["question"], [DEMO_PICTURE])
+        assert _chat_demo(q["question"]) == D.normalize_answer(expected), q
