@@ -37,6 +37,7 @@ from topv_edge.pruning import default_params  # noqa: E402
 from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2
+EVAL_DIR = REPO / "build" / "eval"  # the splits, written on first use (shared with train_demo_vlm.py)
 GRID = {
     "alpha": [0.0, 0.5, 1.0, 2.0],
     "beta": [0.0, 0.25, 0.5, 1.0],
@@ -49,15 +50,8 @@ GRID = {
 }
 
 
-def split(seed: int, n: int) -> Path:
-    d = REPO / "build" / "eval" / f"seed{seed}-n{n}"
-    if not (d / "data.jsonl").exists():
-        D.write_jsonl(d, n, seed)
-    return d / "data.jsonl"
-
-
 def tune(args) -> int:
-    items = read_items(split(VAL_SEED, args.n))
+    items = read_items(D.cached_split(EVAL_DIR, args.n, VAL_SEED))
     current = {k: v for k, v in default_params().items()}
     layer, rows = 2, []
     with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads, max_tokens=4) as chat:
@@ -110,7 +104,7 @@ def tune(args) -> int:
 def report(args) -> int:
     from topv_edge.eval import main as eval_main
 
-    data = split(TEST_SEED, args.n)
+    data = D.cached_split(EVAL_DIR, args.n, TEST_SEED)
     argv = ["--model", str(args.model), "--mmproj", str(args.mmproj), "--data", str(data), "--keep", "0.5", "0.25",
             "0.11", "--method", "topv,uniform,norm", "--positions", "original,renumbered", "--layer", str(args.layer),
             "--max-tokens", "4", "--out", str(args.json)]

@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 # with TopV off it computes bit-identically to stock llama.cpp, tests/test_llama_patch.py checks that)
 from topv_edge import demo_data as D  # noqa: E402
 from topv_edge import synthetic as S  # noqa: E402
+from topv_edge.chat_templates import LLAVA15_TEMPLATE, compile_chat_template  # noqa: E402
 import llama_cpp  # noqa: E402
 import llama_cpp.mtmd_cpp  # noqa: E402,F401
 
@@ -116,7 +117,7 @@ class Config:
 
 
 def make_tokenizer() -> "S.Tokenizer":
-    return S.make_tokenizer(["<s>", "</s>"], S.LLAVA_TEMPLATE, n_merges=1000, corpus=" ".join(D.VOCAB_WORDS))
+    return S.make_tokenizer(["<s>", "</s>"], LLAVA15_TEMPLATE, n_merges=1000, corpus=" ".join(D.VOCAB_WORDS))
 
 
 class Tok:
@@ -133,6 +134,7 @@ class Tok:
         self.bos, self.eos = self.spec.bos, self.spec.eos
         self.n_vocab = len(self.spec.tokens)
         self._cache: dict[tuple[str, bool], list[int]] = {}
+        self.template = compile_chat_template(self.spec.chat_template)
         b2u = S._bytes_to_unicode()
         self._u2b = {u: b for b, u in b2u.items()}
 
@@ -150,25 +152,22 @@ class Tok:
             out += bytes(self._u2b[ch] for ch in self.spec.tokens[i])
         return out.decode("utf-8", "replace")
 
-    # the pieces of a single-question prompt (as mtmd splits it at the media marker)
+    # the pieces of a single-question prompt, the template's text split at the media marker (as mtmd does)
     def prefix(self) -> list[int]:
-        return self.encode("USER: ", add_bos=True)
+        return self.encode(render_prompt(self.template, "").split(MARKER)[0], add_bos=True)
 
     def question(self, q: str) -> list[int]:
-        return self.encode(f"{q}\nASSISTANT:")
+        return self.encode(render_prompt(self.template, q).split(MARKER)[1])
 
     def answer(self, a: str) -> list[int]:
         return self.encode(f" {a}") + [self.eos]
 
 
-def render_prompt(question: str) -> str:
-    """The chat template's rendering of one user turn (image first), as topv_edge (and llama-cpp-python)
-    render it for llama.cpp."""
-    from topv_edge.runtime import compile_chat_template
-
-    return compile_chat_template(S.LLAVA_TEMPLATE).render(messages=[{"role": "user", "content": [{"type": "text", "text": MARKER},
-                                                             {"type": "text", "text": question}]}],
-                      add_generation_prompt=True)
+def render_prompt(template, question: str) -> str:
+    """A compiled chat template's rendering of one user turn, image first (the runtime's message shape)."""
+    return template.render(messages=[{"role": "user", "content": [{"type": "text", "text": MARKER},
+                                                                  {"type": "text", "text": question}]}],
+                           add_generation_prompt=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -357,12 +356,9 @@ def named_object(scene, question: str, qtype: str):
     return objs[0] if len(objs) == 1 else None
 
 
-def queried_patches(scene, question: str, qtype: str, colours, shapes):
-    """The image tokens of the object a question names (float mask over the patches), None if it names
-    none or the object covers no patch enough to be labelled."""
-    o = named_object(scene, question, qtype)
-    if o is None:
-        return None
+def object_patches(o, colours, shapes):
+    """The image tokens of object o (float mask over the patches), None if it covers no patch enough to be
+    labelled."""
     where = (colours == 1 + list(D.COLORS).index(o.color)) & (shapes == 1 + D.SHAPES.index(o.shape))
     return where.astype(np.float32) if where.any() else None
 
@@ -415,14 +411,15 @@ def readout_loss(model, batch):
             + F.cross_entropy(out[:, nc:], torch.tensor([x[3] for x in batch["read"]])))
 
 
-def binding_target(scene, question: str, qtype: str, colours, shapes, anchors, n_prefix: int):
-    """(head, distribution over the prefix and image tokens) the binding loss pulls towards, or None."""
+def binding_target(named, qtype: str, colours, shapes, anchors, n_prefix: int):
+    """(head, distribution over the prefix and image tokens) the binding loss pulls towards, or None;
+    named: the object the question names (named_object)."""
     t = np.zeros(n_prefix + D.GRID * D.GRID, np.float32)
     if qtype == "count":
         t[0] = 1.0
         t[n_prefix + np.asarray(anchors)] = 1.0
         return COUNT_HEAD, t / t.sum()
-    where = queried_patches(scene, question, qtype, colours, shapes)
+    where = None if named is None else object_patches(named, colours, shapes)
     if where is None:
         return None
     t[n_prefix:] = where / where.sum()
@@ -449,7 +446,7 @@ def make_train_batch(step: int, batch: int, k: int, tok: Tok, max_objects: int =
             qi, ai = tok.question(q), tok.answer(a)
             o = named_object(scene, q, t)
             named = None if o is None else (list(D.COLORS).index(o.color), D.SHAPES.index(o.shape))
-            branches.append((qi, ai, t, binding_target(scene, q, t, c, s, anchors, len(prefix)), named))
+            branches.append((qi, ai, t, binding_target(o, t, c, s, anchors, len(prefix)), named))
         rows.append(branches)
     L = P + max(sum(len(q) + len(a) - 1 for q, a, *_ in br) for br in rows)
     ids = torch.zeros(batch, L, dtype=torch.long)
@@ -889,6 +886,7 @@ class LlamaCppVLM:
             M.mtmd_helper_log_set(_NO_LOG, None)
         self.llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
                                    n_threads_batch=threads, verbose=False, logits_all=False)
+        self.template = compile_chat_template(self.llm.metadata["tokenizer.chat_template"])  # the exported one
         p = M.mtmd_context_params_default()
         p.use_gpu = False
         p.n_threads = threads
@@ -915,7 +913,7 @@ class LlamaCppVLM:
         import ctypes
 
         M = self.M
-        prompt = render_prompt(question)
+        prompt = render_prompt(self.template, question)
         bmp = M.mtmd_helper_bitmap_init_from_file(self.mctx, str(image_path).encode(), False)
         if not bmp:
             raise RuntimeError(f"cannot read {image_path}")
@@ -971,10 +969,7 @@ class LlamaCppVLM:
 def _eval_rows(args) -> list[dict]:
     if args.data:
         return D.read_jsonl(Path(args.data) / "data.jsonl")
-    d = OUT_DIR / f"eval-seed{args.seed}-n{args.n}"
-    if not (d / "data.jsonl").exists():
-        D.write_jsonl(d, args.n, args.seed)
-    return D.read_jsonl(d / "data.jsonl")
+    return D.read_jsonl(D.cached_split(REPO / "build" / "eval", args.n, args.seed))
 
 
 def cmd_verify(args) -> int:

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from topv_edge.runtime import LLAVA15_TEMPLATE, compile_chat_template
+from topv_edge.chat_templates import LLAVA15_TEMPLATE, compile_chat_template
 from topv_edge.synthetic import (PRESETS, demo_image, family_tokenizer, pair_paths, read_fingerprint,
                                  text_weight_shapes, write_pair)
 

@@ -324,16 +324,25 @@ def generate_split(n: int, seed: int) -> list[Example]:
 
 
 def write_jsonl(out_dir: str | Path, n: int, seed: int) -> Path:
-    """Write images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} per line). Returns data.jsonl."""
+    """Write images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} per line). Returns data.jsonl
+    (written last, under a temporary name until complete)."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / "data.jsonl"
-    with open(path, "w") as f:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w") as f:
         for i, ex in enumerate(iter_split(n, seed)):
             rel = f"images/{i:05d}.png"
             ex.image.save(out / rel)
             f.write(json.dumps({"image": rel, "question": ex.question, "answer": ex.answer, "kind": ex.qtype}) + "\n")
+    tmp.replace(path)
     return path
+
+
+def cached_split(root: str | Path, n: int, seed: int) -> Path:
+    """data.jsonl of the first n examples of split `seed`, in root/seed{seed}-n{n}, written on first use."""
+    path = Path(root) / f"seed{seed}-n{n}" / "data.jsonl"
+    return path if path.is_file() else write_jsonl(path.parent, n, seed)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import llama_libs
+from .chat_templates import LLAVA15_TEMPLATE, compile_chat_template
 from ._native import status_string
 from .pruning import PARAM_NAMES, keep_count, make_params
 
@@ -575,34 +576,6 @@ class VisionChat:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def compile_chat_template(source: str):
-    """A model's Jinja chat template, compiled as HF transformers and llama-cpp-python do (sandboxed,
-    trim_blocks, lstrip_blocks); render(messages=..., add_generation_prompt=..., bos_token=..., ...)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message: str) -> None:
-        raise ChatError(f"the model's chat template refused the conversation: {message}")
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
-
-
-# LLaVA-1.5 GGUFs usually carry no chat template; this is the format they were trained with. ({{ '\n' }}:
-# trim_blocks drops a newline written right after a block tag.)
-LLAVA15_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message.role == 'system' %}{{ message.content }}\n{% endif %}"
-    "{% if message.role == 'user' %}USER: "
-    "{% if message.content is string %}{{ message.content }}"
-    "{% else %}{% for part in message.content %}{{ part.text }}{% endfor %}{% endif %}{{ '\\n' }}{% endif %}"
-    "{% if message.role == 'assistant' %}ASSISTANT: {{ message.content }}</s>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
 
 
 def _projector_type(mmproj: Path) -> str | None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 
+from .chat_templates import CHATML_TEMPLATE, GEMMA_TEMPLATE, LLAVA15_TEMPLATE
+
 WRITER_VERSION = 2  # bump when the bytes write_pair produces change (invalidates cached pairs)
 FINGERPRINT_KEY = "topv_edge.synthetic.fingerprint"
 
@@ -171,30 +173,9 @@ def make_tokenizer(specials: list[str], chat_template: str, n_merges: int = 48, 
                      chat_template=chat_template, special=special)
 
 
-# The templates print list contents' text parts: llama-cpp-python and topv_edge.chat turn an image part into a
-# text part holding the media marker.
-_CONTENT = ("{% if message.content is string %}{{ message.content }}{% else %}"
-            "{% for part in message.content %}{% if part.type == 'text' %}{{ part.text }}{% endif %}{% endfor %}"
-            "{% endif %}")
-# A newline right after a block tag ({% endif %}) is dropped by the trim_blocks rendering that HF,
-# llama-cpp-python and topv_edge use, hence {{ '\n' }}.
-LLAVA_TEMPLATE = ("{% for message in messages %}"
-                  "{% if message.role == 'system' %}" + _CONTENT + "{{ '\\n' }}"
-                  "{% elif message.role == 'user' %}USER: " + _CONTENT + "{{ '\\n' }}"
-                  "{% elif message.role == 'assistant' %}ASSISTANT: " + _CONTENT + "</s>\n"
-                  "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
-CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message.role }}\n" + _CONTENT + "<|im_end|>\n"
-                   "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-GEMMA_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<start_of_turn>"
-                  "{{ 'model' if message.role == 'assistant' else message.role }}\n" + _CONTENT + "<end_of_turn>\n"
-                  "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-
-
 def family_tokenizer(family: str) -> Tokenizer:
     if family == "llava":
-        return make_tokenizer(["<s>", "</s>"], LLAVA_TEMPLATE)
+        return make_tokenizer(["<s>", "</s>"], LLAVA15_TEMPLATE)
     if family == "qwen2vl":
         return make_tokenizer(["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|vision_start|>", "<|vision_end|>",
                                "<|image_pad|>"], CHATML_TEMPLATE)
