@@ -7,8 +7,13 @@ encode, probe, pass, kept-token decode, image prefill (probe + pass + decode), t
 cells, peak RSS. Every figure is also given as a ratio to unpruned (keep 1.0) measured in the same run.
 Prints a table, writes JSON and a PNG plot.
 
+With several --backend values, every configuration runs on each backend's llama.cpp build
+(scripts/build_llama_cpp.sh --backend B), side by side in one run: ratios are to unpruned on the same
+backend, and each row says whether its answer equals the CPU build's.
+
     python scripts/bench_e2e.py                              # llava-1b and qwen2vl-2b, all keeps, layers 0 and 2
     python scripts/bench_e2e.py --presets llava:1b --repeats 3
+    python scripts/bench_e2e.py --backend cpu vulkan --ngl 99 --presets llava:1b --keep 1.0 0.25 --layer 2
 """
 
 from __future__ import annotations
@@ -28,15 +33,18 @@ REPO = Path(__file__).resolve().parents[1]
 QUESTION = "What is in the picture?"
 
 
-def measure(model: str, picture: str, keep: float, layer: int, repeats: int, threads: int) -> dict:
+def measure(model: str, picture: str, keep: float, layer: int, repeats: int, threads: int,
+            ngl: int | None = None, mmproj_offload: bool = True, answer_tokens: int = 8) -> dict:
     """Runs in the child process: one configuration."""
     import resource
 
+    from topv_edge import llama_libs
     from topv_edge.runtime import TopVOptions, VisionChat
 
     opts = TopVOptions(enabled=keep < 1.0, keep=keep, layer=layer)
     runs = []
-    with VisionChat(model, topv=opts, threads=threads, max_tokens=1) as chat:
+    with VisionChat(model, topv=opts, threads=threads, max_tokens=1, n_gpu_layers=ngl,
+                    mmproj_offload=mmproj_offload) as chat:
         for _ in range(repeats + 1):  # the first run warms caches and allocations: not counted
             chat.reset()
             _, rep = chat.ask(QUESTION, [picture])
@@ -45,20 +53,42 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
                          "decode_ms": im.decode_ms, "image_prefill_ms": im.probe_ms + im.pass_ms + im.decode_ms,
                          "ttft_ms": rep.ttft_ms, "kv_cells": rep.kv_cells - rep.generated_tokens,
                          "image_tokens": im.n_tokens, "kept_tokens": im.n_kept, "pruned": im.pruned})
+        chat.reset()  # the answer, greedy, compared across backends
+        chat.max_tokens = answer_tokens
+        answer, _ = chat.ask(QUESTION, [picture])
+        device = chat.device if hasattr(chat, "device") else None
     runs = runs[1:]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "pruned"}
     out["pruned"] = all(r["pruned"] for r in runs)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["answer"] = answer
+    out["device"] = device
+    out["build"] = llama_libs.load().backend
     return out
 
 
-def run_child(model: Path, picture: Path, keep: float, layer: int, repeats: int, threads: int) -> dict:
+def backend_env(backend: str) -> dict[str, str]:
+    """The environment of a child on `backend`'s build (Vulkan: llvmpipe visible, Mesa shader cache kept)."""
+    from topv_edge import llama_libs
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TOPV_EDGE_LLAMA_DIR", "LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
+    env["TOPV_EDGE_BACKEND"] = backend
+    if backend == "vulkan":
+        env.setdefault("GGML_VK_VISIBLE_DEVICES", "0")  # ggml-vulkan hides CPU-type devices (llvmpipe) otherwise
+        env.setdefault("MESA_SHADER_CACHE_DIR", str(llama_libs.backend_build_dir("vulkan") / "mesa-shader-cache"))
+    return env
+
+
+def run_child(model: Path, picture: Path, keep: float, layer: int, repeats: int, threads: int,
+              backend: str = "cpu", ngl: int | None = None, mmproj_offload: bool = True) -> dict:
     code = ("import json, sys; sys.path.insert(0, %r); from bench_e2e import measure; "
-            "print(json.dumps(measure(%r, %r, %r, %r, %r, %r)))"
-            % (str(Path(__file__).parent), str(model), str(picture), keep, layer, repeats, threads))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            "print(json.dumps(measure(%r, %r, %r, %r, %r, %r, %r, %r)))"
+            % (str(Path(__file__).parent), str(model), str(picture), keep, layer, repeats, threads, ngl,
+               mmproj_offload))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=backend_env(backend))
     if r.returncode != 0:
-        raise SystemExit(f"benchmark child failed ({model.name}, keep {keep}, layer {layer}):\n{r.stderr[-3000:]}")
+        raise SystemExit(f"benchmark child failed ({backend}, {model.name}, keep {keep}, layer {layer}):\n"
+                         f"{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -75,7 +105,18 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=REPO / "models", help="where presets are generated")
     ap.add_argument("--json", type=Path, default=REPO / "results" / "bench_e2e.json")
     ap.add_argument("--png", type=Path, default=REPO / "results" / "bench_e2e.png")
+    ap.add_argument("--backend", nargs="+", default=["cpu"], choices=["cpu", "vulkan", "cuda", "metal"],
+                    help="llama.cpp builds to run on, side by side (scripts/build_llama_cpp.sh --backend B)")
+    ap.add_argument("--ngl", type=int, default=None,
+                    help="text-model layers on the GPU (default: all, as llama.cpp; ignored by the CPU build)")
+    ap.add_argument("--no-mmproj-offload", action="store_true", help="run the image encoder on the CPU")
     args = ap.parse_args()
+
+    from topv_edge import llama_libs
+
+    for b in args.backend:
+        if not (llama_libs.backend_build_dir(b) / "lib").is_dir():
+            raise SystemExit(f"the {b} build of llama.cpp is absent: bash scripts/build_llama_cpp.sh --backend {b}")
 
     from topv_edge.synthetic import demo_image, write_pair
 
@@ -87,31 +128,43 @@ def main() -> int:
         family, preset = spec.split(":")
         print(f"generating {family}/{preset} (once) ...", file=sys.stderr, flush=True)
         model, _ = write_pair(family, preset, args.models, seed=0)
-        base = None
-        for keep in sorted(set(args.keep), reverse=True):
-            for layer in (args.layer if keep < 1.0 else [args.layer[0]]):
-                print(f"{family}/{preset} keep {keep} layer {layer} ...", file=sys.stderr, flush=True)
-                m = run_child(model, picture, keep, layer, args.repeats, args.threads)
-                if keep >= 1.0:
-                    base = m
-                row = {"model": f"{family}-{preset}", "keep": keep, "layer": layer if keep < 1.0 else None, **m}
-                for k in RATIO_KEYS:
-                    row[k + "_ratio"] = m[k] / base[k] if base and base[k] else None
-                rows.append(row)
+        answers: dict[tuple, str] = {}  # (keep, layer) -> the CPU build's answer
+        for backend in args.backend:
+            base = None
+            for keep in sorted(set(args.keep), reverse=True):
+                for layer in (args.layer if keep < 1.0 else [args.layer[0]]):
+                    print(f"{backend}: {family}/{preset} keep {keep} layer {layer} ...", file=sys.stderr, flush=True)
+                    m = run_child(model, picture, keep, layer, args.repeats, args.threads, backend, args.ngl,
+                                  not args.no_mmproj_offload)
+                    if keep >= 1.0:
+                        base = m
+                    row = {"model": f"{family}-{preset}", "backend": backend, "ngl": args.ngl, "keep": keep,
+                           "layer": layer if keep < 1.0 else None, **m}
+                    for k in RATIO_KEYS:
+                        row[k + "_ratio"] = m[k] / base[k] if base and base[k] else None
+                    cfg = (keep, row["layer"])
+                    if backend == "cpu":
+                        answers[cfg] = m["answer"]
+                    row["answer_equals_cpu"] = (m["answer"] == answers[cfg]) if cfg in answers else None
+                    rows.append(row)
 
-    head = (f"{'model':<14}{'keep':>6}{'layer':>6}{'tokens':>9}{'encode':>9}{'probe':>8}{'pass':>7}{'decode':>8}"
-            f"{'img prefill':>13}{'ratio':>7}{'TTFT':>9}{'ratio':>7}{'KV cells':>10}{'ratio':>7}{'RSS MB':>8}{'ratio':>7}")
+    head = (f"{'model':<14}{'backend':>8}{'keep':>6}{'layer':>6}{'tokens':>9}{'encode':>9}{'probe':>8}{'pass':>7}"
+            f"{'decode':>8}{'img prefill':>13}{'ratio':>7}{'TTFT':>9}{'ratio':>7}{'KV cells':>10}{'ratio':>7}"
+            f"{'RSS MB':>8}{'ratio':>7}{'= CPU':>7}")
     print(head)
     for r in rows:
         layer = "-" if r["layer"] is None else str(r["layer"])
-        print(f"{r['model']:<14}{r['keep']:>6.2f}{layer:>6}{r['kept_tokens']:>4.0f}/{r['image_tokens']:<4.0f}"
+        same = {True: "yes", False: "NO", None: "-"}[r["answer_equals_cpu"]]
+        print(f"{r['model']:<14}{r['backend']:>8}{r['keep']:>6.2f}{layer:>6}{r['kept_tokens']:>4.0f}/{r['image_tokens']:<4.0f}"
               f"{r['encode_ms']:>9.0f}{r['probe_ms']:>8.0f}{r['pass_ms']:>7.1f}{r['decode_ms']:>8.0f}"
               f"{r['image_prefill_ms']:>13.0f}{r['image_prefill_ms_ratio']:>7.2f}{r['ttft_ms']:>9.0f}"
               f"{r['ttft_ms_ratio']:>7.2f}{r['kv_cells']:>10.0f}{r['kv_cells_ratio']:>7.2f}"
-              f"{r['peak_rss_mb']:>8.0f}{r['peak_rss_mb_ratio']:>7.2f}")
+              f"{r['peak_rss_mb']:>8.0f}{r['peak_rss_mb_ratio']:>7.2f}{same:>7}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "threads": args.threads, "repeats": args.repeats,
-            "python": platform.python_version(), "question": QUESTION}
+            "python": platform.python_version(), "question": QUESTION, "backends": args.backend, "ngl": args.ngl,
+            "mmproj_offload": not args.no_mmproj_offload,
+            "devices": {r["backend"]: r["device"] for r in rows}}
     args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     plot(rows, args.png)
     print(f"wrote {args.json} and {args.png}", file=sys.stderr)
@@ -123,7 +176,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for each probe layer. Pillow only (no plotting dependency)."""
     from PIL import Image, ImageDraw
 
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    label = lambda r: r["model"] if r.get("backend", "cpu") == "cpu" else f"{r['model']} {r['backend']}"  # noqa: E731
+    models = list(dict.fromkeys(label(r) for r in rows))
     layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
     colours = ["#c0392b", "#2471a3", "#229954", "#7d3c98"]
     pw, ph, m = 520, 380, 55
@@ -144,7 +198,7 @@ def plot(rows: list[dict], path: Path) -> None:
             d.line((left, py(t), right, py(t)), fill="#eeeeee")
             d.text((x0 + 15, py(t) - 6), f"{t:.1f}", fill="black")
         d.line((left, py(1.0), right, py(1.0)), fill="#999999")
-        mine = [r for r in rows if r["model"] == model]
+        mine = [r for r in rows if label(r) == model]
         for k in sorted({r["keep"] for r in mine}):
             d.text((px(k) - 10, bottom + 6), f"{k:g}", fill="black")
         d.text((left + 120, ph - 20), "keep (fraction of image tokens)", fill="black")

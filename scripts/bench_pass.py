@@ -8,6 +8,11 @@ on all threads / BLAS's S @ T.T on all threads. Writes JSON (--json).
 
     python scripts/bench_pass.py                 # the full grid (Numba skipped above --numba-max-work)
     python scripts/bench_pass.py --n 576 --d 4096
+    python scripts/bench_pass.py --per-method --n 144 576 2880 --d 256 4096   # every method, side by side
+
+`--per-method` times every method of topv_edge.METHODS (C++, all threads, keep 0.25, default
+parameters) on the same inputs, with the ratio to `topv_rowsum` (the plan's row sums: what every
+transport read-out costs at least), and writes results/bench_methods.json.
 """
 
 from __future__ import annotations
@@ -74,8 +79,13 @@ def main() -> None:
     ap.add_argument("--numba-max-work", type=float, default=2e10,
                     help="skip the Numba reference where N*N*d exceeds this (it runs ~1e9 steps/s)")
     ap.add_argument("--json", type=Path, default=Path("results/bench_pass.json"), help="where to write results")
+    ap.add_argument("--per-method", action="store_true", help="time every method side by side instead")
     ap.add_argument("--blas-only", help=argparse.SUPPRESS)
     args = ap.parse_args()
+
+    if args.per_method:
+        per_method(args)
+        return
 
     if args.blas_only:  # child process: single-thread BLAS timings
         res = {}
@@ -121,6 +131,32 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"wrote {args.json}")
+
+
+def per_method(args) -> None:
+    threads = os.cpu_count() or 1
+    methods = list(topv_edge.METHODS)
+    json_path = args.json if args.json != Path("results/bench_pass.json") else Path("results/bench_methods.json")
+    print(f"TopV pass per method, C++ ms (median of {args.repeats}+), {threads} threads, keep 0.25, defaults;"
+          " (x) = ratio to topv_rowsum")
+    header = f"{'N':>5} {'d':>5} | " + " ".join(f"{m:>18}" for m in methods)
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for n in args.n:
+        for d in args.d:
+            s, t = features(n, d)
+            grid = grid_for(n)
+            ms = {m: median_ms(lambda m=m: topv_edge.select(s, t, grid, 0.25, method=m, threads=threads), args.repeats)
+                  for m in methods}
+            base = ms["topv_rowsum"]
+            rows.append({"n": n, "d": d, "grid": grid, "ms": ms, "over_rowsum": {m: v / base for m, v in ms.items()}})
+            print(f"{n:5d} {d:5d} | " + " ".join(f"{ms[m]:9.2f} ({ms[m] / base:4.2f}x)" for m in methods), flush=True)
+    meta = {"machine": platform.machine(), "processor": platform.processor(), "threads": threads,
+            "python": platform.python_version(), "numpy": np.__version__, "topv_edge": topv_edge.__version__}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Build llama.cpp with the TopV patch: the shared libraries llama-cpp-python loads (libllama, libggml*,
-# libmtmd) plus llama-mtmd-cli and llama-server, once, into a cache directory keyed by the llama.cpp
-# commit and the patch. Prints that directory. Re-running with nothing changed does nothing.
+# Build llama.cpp with the TopV patches: the shared libraries llama-cpp-python loads (libllama, libggml*,
+# libmtmd) plus llama-mtmd-cli and llama-server, into a cache directory per llama.cpp commit. Prints that
+# directory. Re-running with nothing changed does nothing; a change to patches/ or native/ rebuilds
+# incrementally (only the files whose patched content changed are rewritten, so ninja recompiles just those).
 #
 #   scripts/build_llama_cpp.sh                    # source from the pinned llama-cpp-python sdist (PyPI)
-#   scripts/build_llama_cpp.sh --source DIR       # your own checkout of llama.cpp commit 0c1e57098bba
-#   CMAKE_ARGS="-DGGML_CUDA=ON" scripts/build_llama_cpp.sh    # extra CMake flags (Metal is on by default on macOS)
+#   scripts/build_llama_cpp.sh --source DIR       # your own pristine checkout of llama.cpp commit 0c1e57098bba
+#   scripts/build_llama_cpp.sh --print-dir        # print the install directory, build nothing
+#   scripts/build_llama_cpp.sh --print-pristine   # print the unpatched source tree (for making patches)
+#   scripts/build_llama_cpp.sh --backend vulkan   # cpu | vulkan | cuda | metal: one cached build per backend
+#   CMAKE_ARGS="-DGGML_BLAS=ON" scripts/build_llama_cpp.sh    # extra CMake flags, passed through
 #
-# Environment: TOPV_EDGE_LLAMA_DIR (install directory; default below), CMAKE_ARGS, JOBS (parallel jobs).
+# --backend defaults to TOPV_EDGE_BACKEND, else what the machine has: metal on macOS, cuda when nvidia-smi
+# lists a GPU, vulkan when vulkaninfo shows a real (not CPU) GPU and glslc is installed, else cpu.
+# Environment: TOPV_EDGE_LLAMA_DIR (install directory; default below), TOPV_EDGE_BACKEND, CMAKE_ARGS, JOBS.
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -16,35 +22,55 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 patches=("$repo"/patches/*.patch)
 
 source_dir=""
+print_only=""
+backend="${TOPV_EDGE_BACKEND:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --source) source_dir=$(cd "$2" && pwd); shift 2 ;;
-        --print-dir) print_only=1; shift ;;
-        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --backend) [ $# -ge 2 ] || { echo "build_llama_cpp.sh: --backend needs a value: cpu, vulkan, cuda or metal" >&2; exit 2; }
+                   backend=$2; shift 2 ;;
+        --backend=*) backend="${1#--backend=}"; shift ;;
+        --print-dir) print_only=dir; shift ;;
+        --print-pristine) print_only=pristine; shift ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build_llama_cpp.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
-# The install directory: the same computation as topv_edge/llama_libs.py (sha256 of the patches, 8 hex digits)
-patch_hash=$(cat "${patches[@]}" | sha256sum | cut -c1-8)
+# what this machine can run (the default backend): a GPU llama.cpp would use, else the CPU
+detect_backend() {
+    if [ "$(uname -s)" = Darwin ]; then echo metal; return; fi
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then echo cuda; return; fi
+    if command -v glslc >/dev/null 2>&1 && command -v vulkaninfo >/dev/null 2>&1 &&
+       vulkaninfo --summary 2>/dev/null | grep -Eq 'PHYSICAL_DEVICE_TYPE_(DISCRETE|INTEGRATED)_GPU'; then
+        echo vulkan; return
+    fi
+    echo cpu
+}
+[ -n "$backend" ] || backend=$(detect_backend)
+case "$backend" in
+    cpu)    backend_args=(-DGGML_METAL=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF) ;;
+    vulkan) backend_args=(-DGGML_VULKAN=ON -DGGML_METAL=OFF) ;;
+    cuda)   backend_args=(-DGGML_CUDA=ON -DGGML_METAL=OFF) ;;
+    metal)  backend_args=(-DGGML_METAL=ON) ;;
+    *) echo "build_llama_cpp.sh: --backend must be cpu, vulkan, cuda or metal, got '$backend'" >&2; exit 2 ;;
+esac
+
+# The install directory: the same computation as topv_edge/llama_libs.py build_dir()
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/topv-edge"
-prefix="${TOPV_EDGE_LLAMA_DIR:-$cache_root/llama.cpp-$LLAMA_CPP_COMMIT-$patch_hash}"
-if [ "${print_only:-0}" = 1 ]; then echo "$prefix"; exit 0; fi
+prefix="${TOPV_EDGE_LLAMA_DIR:-$cache_root/llama.cpp-$LLAMA_CPP_COMMIT-$backend}"
+pristine="${source_dir:-$cache_root/llama.cpp-$LLAMA_CPP_COMMIT-pristine}"
+if [ "$print_only" = dir ]; then echo "$prefix"; exit 0; fi
+# an extracted pristine tree is never changed: no need to wait for a running build to print it
+if [ "$print_only" = pristine ] && [ -f "$pristine/CMakeLists.txt" ]; then echo "$pristine"; exit 0; fi
 
-stamp="$prefix/.built"
-want="commit=$LLAMA_CPP_COMMIT patch=$patch_hash native=$(sha256sum "$repo"/native/src/* "$repo"/native/include/* | sha256sum | cut -c1-8) cmake_args=${CMAKE_ARGS:-}"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    echo "patched llama.cpp is up to date" >&2
-    echo "$prefix"
-    exit 0
-fi
+mkdir -p "$cache_root" "$prefix"
+# the shared pristine tree is extracted by one process at a time (several shells, CI and tests may ask at once)
+exec 8>"$cache_root/pristine.lock"
+flock 8
 
-mkdir -p "$prefix"
-src="$prefix/src"
-if [ -n "$source_dir" ]; then
-    src="$source_dir"
-elif [ ! -f "$src/CMakeLists.txt" ]; then
-    # llama-cpp-python's sdist vendors exactly the llama.cpp commit it binds
+# the unpatched source: llama-cpp-python's sdist vendors exactly the llama.cpp commit it binds
+if [ ! -f "$pristine/CMakeLists.txt" ]; then
     dl="$cache_root/download"
     mkdir -p "$dl"
     sdist="$dl/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
@@ -53,23 +79,40 @@ elif [ ! -f "$src/CMakeLists.txt" ]; then
         python -m pip download --quiet --no-deps --no-binary llama-cpp-python --no-build-isolation \
             "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$dl" >&2
     fi
-    rm -rf "$src.tmp" && mkdir -p "$src.tmp"
-    tar -xzf "$sdist" -C "$src.tmp" --strip-components=3 "llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
-    rm -rf "$src" && mv "$src.tmp" "$src"
+    rm -rf "$pristine.tmp" && mkdir -p "$pristine.tmp"
+    tar -xzf "$sdist" -C "$pristine.tmp" --strip-components=3 "llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+    rm -f "$pristine.tmp/.git"  # a submodule pointer of the sdist's own repository
+    rm -rf "$pristine" && mv "$pristine.tmp" "$pristine"
+fi
+flock -u 8
+if [ "$print_only" = pristine ]; then echo "$pristine"; exit 0; fi
+# one build at a time per build directory (the backends' builds are independent)
+exec 9>"$prefix/.build.lock"
+flock 9
+
+patch_hash=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
+native_hash=$(cd "$repo" && find native -type f ! -path 'native/tests/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+stamp="$prefix/.built"
+want="commit=$LLAMA_CPP_COMMIT patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo "patched llama.cpp is up to date" >&2
+    echo "$prefix"
+    exit 0
 fi
 
-# Apply the patches idempotently: skip those already applied, fail clearly on a mismatching tree
+# Patch a fresh copy of the pristine tree, then bring $prefix/src to it file by file: unchanged files keep
+# their timestamps, so the build below recompiles only what the patches changed since the last build.
+src="$prefix/src"
+staging="$prefix/src.staging"
+rm -rf "$staging" && cp -a "$pristine" "$staging"
 for p in "${patches[@]}"; do
-    if patch -d "$src" -p1 -R --dry-run --silent --force < "$p" > /dev/null 2>&1; then
-        echo "already applied: $(basename "$p")" >&2
-    elif patch -d "$src" -p1 --dry-run --silent --force < "$p" > /dev/null 2>&1; then
-        patch -d "$src" -p1 --silent --force < "$p" >&2
-        echo "applied: $(basename "$p")" >&2
-    else
-        echo "error: $(basename "$p") does not apply to $src (is it llama.cpp commit $LLAMA_CPP_COMMIT?)" >&2
+    if ! patch -d "$staging" -p1 --forward --silent --no-backup-if-mismatch < "$p" >&2; then
+        echo "error: $(basename "$p") does not apply to llama.cpp $LLAMA_CPP_COMMIT (after the patches before it)" >&2
         exit 1
     fi
 done
+python "$repo/scripts/sync_tree.py" "$staging" "$src" >&2
+rm -rf "$staging"
 
 build="$prefix/build"
 # shellcheck disable=SC2086
@@ -79,11 +122,11 @@ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_COMMON=ON \
     -DMTMD_TOPV_NATIVE_DIR="$repo/native" \
-    ${CMAKE_ARGS:-} >&2
-cmake --build "$build" --target llama mtmd llama-mtmd-cli llama-server -j "${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu)}" >&2
+    "${backend_args[@]}" ${CMAKE_ARGS:-} >&2
+cmake --build "$build" --target llama mtmd llama-mtmd-cli llama-server llama-quantize -j "${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu)}" >&2
 
 mkdir -p "$prefix/lib" "$prefix/bin"
 find "$build/bin" -maxdepth 1 \( -name 'lib*.so*' -o -name 'lib*.dylib' -o -name '*.dll' \) -exec cp -P {} "$prefix/lib/" \;
-cp "$build/bin/llama-mtmd-cli" "$build/bin/llama-server" "$prefix/bin/"
+cp "$build/bin/llama-mtmd-cli" "$build/bin/llama-server" "$build/bin/llama-quantize" "$prefix/bin/"
 echo "$want" > "$stamp"
 echo "$prefix"

@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
-"""Accuracy evidence for the demo model: tune the pass on the validation split, then report the test split.
+"""Accuracy evidence for the demo model: choose the pass's defaults on the validation split, then
+report every method on the test split.
 
-    python scripts/eval_demo_model.py tune    [--n 600] [--keep 0.25]   # validation split (seed 1)
-    python scripts/eval_demo_model.py report  [--n 600]                 # test split (seed 2)
+    python scripts/eval_demo_model.py sweep   [--n 1200]   # validation split (seed 1): results/sweep_val.json
+    python scripts/eval_demo_model.py report  [--n 1200]   # test split (seed 2): results/eval_demo.json, .png
 
-`tune` sweeps the probe layer and each pass parameter (alpha, beta, gamma, sigma, eps, tau, iters,
-recover) one at a time at keep = 0.25, coordinate by coordinate: a parameter moves to the value with the
-best validation accuracy, only if that beats the current value by more than --min-gain (otherwise the
-current value stays). Writes results/tune_topv.json and prints a markdown table.
+`sweep` (validation only) measures, at keep 0.25 and 0.11:
+  1. every method (topv_edge.METHODS) at probe layers 0 and 2 (uniform and uniform2d read no features:
+     layer 0 only);
+  2. for the transport read-outs (topv, topv_rowsum, topv_cost, topv_fcost), each pass parameter moved
+     one at a time from the library defaults, at the layer --param-layer.
+The objective is the mean of the two accuracies. It prints markdown tables; the decision (which
+read-out is `topv`, which defaults) is made from them and recorded in docs/pass.md.
 
-`report` answers the test split unpruned and at keep in {0.5, 0.25, 0.11} for topv, uniform and norm,
-with the kept tokens at their original positions and renumbered (diagnostic), using the pass parameters
-of `--topv NAME=VALUE` (default: the library's defaults). Writes results/eval_demo.json, a markdown table
-and results/eval_demo.png.
+`report` (test split) answers unpruned and at keep in {0.5, 0.25, 0.11, 0.05} for every method at
+--layer, kept tokens at their original positions, with the library's default parameters, per question
+kind; writes results/eval_demo.json, a markdown table and results/eval_demo.png.
 
-Both run `topv_edge.eval` (the harness users run) on sets written by `topv_edge.demo_data`, through the
-patched llama.cpp, with greedy decoding.
+Both run `topv_edge.eval.evaluate` (the harness users run) on sets written by `topv_edge.demo_data`,
+through the patched llama.cpp, with greedy decoding. Results are cached per configuration in the JSON
+file, so an interrupted run resumes (--fresh starts over).
 """
 
 from __future__ import annotations
@@ -33,161 +37,187 @@ sys.path.insert(0, str(REPO))
 from topv_edge import demo_data as D  # noqa: E402
 from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL  # noqa: E402
 from topv_edge.eval import evaluate, read_items  # noqa: E402
-from topv_edge.pruning import default_params  # noqa: E402
+from topv_edge.pruning import METHODS, READOUTS, default_params  # noqa: E402
 from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2
 EVAL_DIR = REPO / "build" / "eval"  # the splits, written on first use (shared with train_demo_vlm.py)
-GRID = {
-    "alpha": [0.0, 0.5, 1.0, 2.0],
-    "beta": [0.0, 0.25, 0.5, 1.0],
-    "gamma": [0.0, 0.25, 0.5, 1.0],
-    "sigma": [0.1, 0.25, 0.5],
-    "eps": [0.05, 0.1, 0.2, 0.5],
-    "tau": [0.1, 1.0, 10.0, math.inf],
-    "iters": [3, 10, 30],
-    "recover": [0.0, 0.25, 0.5],
+SWEEP_KEEPS = (0.25, 0.11)
+REPORT_KEEPS = (0.5, 0.25, 0.11, 0.05)
+FEATURELESS = ("uniform", "uniform2d")  # the probe layer cannot change what they keep
+PARAM_GRID = {  # around the defaults; the values the read-out is most sensitive to (docs/pass.md)
+    "recover": [0.0, 0.5],
+    "beta": [0.0, 1.0],
+    "eps": [0.05, 0.2],
+    "sigma": [0.5],
+    "alpha": [2.0],
 }
 
 
-def tune(args) -> int:
+class Runner:
+    """Evaluates configurations once each, caching accuracies (and per-kind figures) in a JSON file."""
+
+    def __init__(self, chat: VisionChat, items, path: Path, fresh: bool) -> None:
+        self.chat, self.items, self.path = chat, items, path
+        self.cache: dict[str, dict] = {}
+        if path.is_file() and not fresh:
+            self.cache = json.loads(path.read_text()).get("runs", {})
+
+    def run(self, method: str | None, keep: float = 1.0, layer: int = 0, **params) -> dict:
+        key = json.dumps([method, keep, layer, sorted(params.items())], default=str)
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            opts = (TopVOptions(enabled=False) if method is None
+                    else TopVOptions(keep=keep, layer=layer, method=method, params=params))
+            r = evaluate(self.chat, self.items, opts)
+            self.cache[key] = {"method": method or "none", "keep": keep, "layer": None if method is None else layer,
+                               "params": params, "accuracy": r["accuracy"], "n": r["n"], "per_kind": r["per_kind"],
+                               "kept_tokens": r["kept_tokens"], "seconds": time.perf_counter() - t0}
+            print(f"  {method or 'none':<12} keep {keep:<5g} layer {layer} {params or ''}: "
+                  f"{r['accuracy']:.3f} ({self.cache[key]['seconds']:.0f} s)", file=sys.stderr, flush=True)
+            self.save()
+        return self.cache[key]
+
+    def save(self, **extra) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        old.update(extra)
+        old["runs"] = self.cache
+        self.path.write_text(json.dumps(old, indent=1, default=str))
+
+
+def _chat(args) -> VisionChat:
+    return VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads, max_tokens=4)
+
+
+def sweep(args) -> int:
     items = read_items(D.cached_split(EVAL_DIR, args.n, VAL_SEED))
-    current = {k: v for k, v in default_params().items()}
-    layer, rows = 2, []
-    with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads, max_tokens=4) as chat:
-        t0 = time.perf_counter()
-        base = evaluate(chat, items, TopVOptions(enabled=False))["accuracy"]
+    with _chat(args) as chat:
+        run = Runner(chat, items, args.json, args.fresh)
+        base = run.run(None)["accuracy"]
         print(f"unpruned: {base:.3f} ({len(items)} validation questions)", file=sys.stderr)
+        methods = list(METHODS) if not args.methods else args.methods.split(",")
+        table = []
+        for method in methods:
+            for layer in (0,) if method in FEATURELESS else (0, 2):
+                accs = [run.run(method, keep, layer)["accuracy"] for keep in SWEEP_KEEPS]
+                table.append((method, layer, accs))
+        print(f"\n| method | layer | " + " | ".join(f"keep {k:g}" for k in SWEEP_KEEPS) + " | mean |")
+        print("|---|---:|" + "---:|" * (len(SWEEP_KEEPS) + 1))
+        for method, layer, accs in table:
+            print(f"| {method} | {layer} | " + " | ".join(f"{a:.3f}" for a in accs) + f" | {sum(accs) / len(accs):.3f} |")
 
-        def score(layer_: int, params: dict) -> float:
-            r = evaluate(chat, items, TopVOptions(keep=args.keep, layer=layer_, params=params))
-            return r["accuracy"]
-
-        for name in ["layer"] + list(GRID):
-            values = [0, 1, 2] if name == "layer" else GRID[name]
-            now = layer if name == "layer" else current[name]
-            results = {}
-            for v in values:
-                if name == "layer":
-                    acc = score(v, current)
-                else:
-                    p = dict(current, **{name: v})
-                    if p["eps"] > 0 and (p["alpha"] + p["beta"] + p["gamma"]) / p["eps"] >= 700:
-                        continue
-                    acc = score(layer, p)
-                results[v] = acc
-                print(f"  {name} = {v:g}: {acc:.3f}", file=sys.stderr)
-            best = max(results, key=lambda v: results[v])
-            chosen = best if results[best] > results.get(now, -1) + args.min_gain else now
-            rows.append({"parameter": name, "before": now, "results": {str(k): v for k, v in results.items()},
-                         "chosen": chosen})
-            if name == "layer":
-                layer = int(chosen)
-            else:
-                current[name] = chosen
-        final = score(layer, current)
-        seconds = time.perf_counter() - t0
-    out = {"split": "validation", "seed": VAL_SEED, "n": len(items), "keep": args.keep, "unpruned": base,
-           "min_gain": args.min_gain, "steps": rows, "chosen": {"layer": layer, **current}, "final": final,
-           "seconds": seconds}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1, default=str))
-    print(f"| parameter | values tried: validation accuracy at keep {args.keep:g} | chosen |")
-    print("|---|---|---:|")
-    for r in rows:
-        tried = ", ".join(f"{k}: {v:.3f}" for k, v in r["results"].items())
-        print(f"| {r['parameter']} | {tried} | {r['chosen']:g} |")
-    print(f"\nunpruned {base:.3f}; chosen {json.dumps(out['chosen'])}: {final:.3f} ({seconds / 60:.1f} min)")
+        if not args.skip_params:
+            defaults = default_params()
+            layer = args.param_layer
+            readouts = [m for m in (args.param_methods.split(",") if args.param_methods else READOUTS)]
+            print(f"\nparameters one at a time from the defaults ({json.dumps(defaults)}), layer {layer}:")
+            print("| method | parameter | value | " + " | ".join(f"keep {k:g}" for k in SWEEP_KEEPS) + " | mean |")
+            print("|---|---|---:|" + "---:|" * (len(SWEEP_KEEPS) + 1))
+            for method in readouts:
+                for name, values in PARAM_GRID.items():
+                    for v in values:
+                        p = {name: v}
+                        q = dict(defaults, **p)
+                        if (q["alpha"] + q["beta"] + q["gamma"]) / q["eps"] >= 700:
+                            continue
+                        accs = [run.run(method, keep, layer, **p)["accuracy"] for keep in SWEEP_KEEPS]
+                        print(f"| {method} | {name} | {v:g} | " + " | ".join(f"{a:.3f}" for a in accs)
+                              + f" | {sum(accs) / len(accs):.3f} |", flush=True)
+        run.save(split="validation", seed=VAL_SEED, n=len(items), unpruned=base, defaults=default_params())
+    print(f"\nwrote {args.json}", file=sys.stderr)
     return 0
 
 
 def report(args) -> int:
-    from topv_edge.eval import main as eval_main
-
-    data = D.cached_split(EVAL_DIR, args.n, TEST_SEED)
-    argv = ["--model", str(args.model), "--mmproj", str(args.mmproj), "--data", str(data), "--keep", "0.5", "0.25",
-            "0.11", "--method", "topv,uniform,norm", "--positions", "original,renumbered", "--layer", str(args.layer),
-            "--max-tokens", "4", "--out", str(args.json)]
-    argv += [a for p in args.topv for a in ("--topv", p)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    rc = eval_main(argv)
-    if rc:
-        return rc
-    res = json.loads(args.json.read_text())
-    rows = res["rows"]
-    base = rows[0]
-    kinds = sorted(base["per_kind"])
-    print(f"\n| method | positions | keep | accuracy | retention | " + " | ".join(kinds) + " |")
-    print("|---|---|---:|---:|---:|" + "---:|" * len(kinds))
+    items = read_items(D.cached_split(EVAL_DIR, args.n, TEST_SEED))
+    methods = list(METHODS) if not args.methods else args.methods.split(",")
+    with _chat(args) as chat:
+        run = Runner(chat, items, args.json, args.fresh)
+        rows = [dict(run.run(None), retention=1.0)]
+        base = rows[0]["accuracy"]
+        for method in methods:
+            for keep in REPORT_KEEPS:
+                r = run.run(method, keep, args.layer)
+                rows.append(dict(r, retention=r["accuracy"] / base))
+        run.save(split="test", seed=TEST_SEED, n=len(items), layer=args.layer, defaults=default_params(),
+                 rows=rows)
+    kinds = sorted(rows[0]["per_kind"])
+    print(f"\n| method | keep | accuracy | retention | " + " | ".join(kinds) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(kinds))
     for r in rows:
-        print(f"| {r['method']} | {r['positions']} | {r['keep']:g} | {r['accuracy']:.3f} | {r['retention']:.3f} | "
+        print(f"| {r['method']} | {r['keep']:g} | {r['accuracy']:.3f} | {r['retention']:.3f} | "
               + " | ".join(f"{r['per_kind'][k]:.2f}" for k in kinds) + " |")
-    plot(rows, args.png)
+    print(f"\n| keep | " + " | ".join(methods) + " |")
+    print("|---:|" + "---:|" * len(methods))
+    for keep in REPORT_KEEPS:
+        cells = [next(r["accuracy"] for r in rows if r["method"] == m and r["keep"] == keep) for m in methods]
+        print(f"| {keep:g} | " + " | ".join(f"{a:.3f}" for a in cells) + " |")
+    plot(rows, args.png, f"demo model, test split ({len(items)} questions, layer {args.layer}): accuracy against keep")
     print(f"\nwrote {args.json} and {args.png}", file=sys.stderr)
     return 0
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Accuracy against keep per method; thick: original positions, thin: renumbered. Pillow only."""
+COLOURS = ["#c0392b", "#2471a3", "#229954", "#8e44ad", "#d68910", "#17a589", "#515a5a", "#e74c3c", "#5dade2"]
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Accuracy against keep per method (log-spaced keep axis). Pillow only."""
     from PIL import Image, ImageDraw
 
-    colours = {"topv": "#c0392b", "uniform": "#2471a3", "norm": "#229954"}
-    w, h, left, right, top, bottom = 560, 400, 55, 545, 40, 355
+    w, h, left, right, top, bottom = 640, 440, 55, 470, 40, 395
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     base = next(r for r in rows if r["method"] == "none")
-    accs = [r["accuracy"] for r in rows]
-    lo = max(0.0, math.floor(min(accs) * 10) / 10 - 0.1)
-    px = lambda k: left + k * (right - left)  # noqa: E731
+    lo = 0.0
+    keeps = sorted({r["keep"] for r in rows} | {1.0})
+    kmin = math.log(min(keeps))
+    px = lambda k: left + (math.log(k) - kmin) / (0 - kmin) * (right - left)  # noqa: E731
     py = lambda a: bottom - (a - lo) / (1.0 - lo) * (bottom - top)  # noqa: E731
     d.rectangle((left, top, right, bottom), outline="black")
-    d.text((left, 10), f"demo model, test split ({base['n']} questions): accuracy against keep", fill="black")
-    t = lo
-    while t <= 1.0 + 1e-9:
+    d.text((left, 10), title, fill="black")
+    for i in range(11):
+        t = i / 10
         d.line((left, py(t), right, py(t)), fill="#eeeeee")
-        d.text((12, py(t) - 6), f"{t:.1f}", fill="black")
-        t += 0.1
-    for k in sorted({r["keep"] for r in rows}):
+        d.text((22, py(t) - 6), f"{t:.1f}", fill="black")
+    for k in keeps:
         d.text((px(k) - 10, bottom + 6), f"{k:g}", fill="black")
-    d.text((left + 150, h - 22), "keep (fraction of image tokens)", fill="black")
+    d.text((left + 120, h - 22), "keep (fraction of image tokens, log scale)", fill="black")
     d.line((left, py(base["accuracy"]), right, py(base["accuracy"])), fill="#999999")
-    legend = 0
-    for method, colour in colours.items():
-        for pos, width in (("original", 4), ("renumbered", 1)):
-            pts = sorted((r["keep"], r["accuracy"]) for r in rows if r["method"] == method and r["positions"] == pos)
-            if not pts:
-                continue
-            pts.append((1.0, base["accuracy"]))
-            d.line([(px(k), py(a)) for k, a in pts], fill=colour, width=width)
-            ly = bottom - 20 - 14 * legend
-            d.line((right - 170, ly + 6, right - 150, ly + 6), fill=colour, width=width)
-            d.text((right - 145, ly), f"{method}, {pos} positions", fill="black")
-            legend += 1
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]
+    for i, method in enumerate(methods):
+        colour = COLOURS[i % len(COLOURS)]
+        pts = sorted((r["keep"], r["accuracy"]) for r in rows if r["method"] == method)
+        pts.append((1.0, base["accuracy"]))
+        d.line([(px(k), py(a)) for k, a in pts], fill=colour, width=4 if method == "topv" else 2)
+        ly = top + 10 + 16 * i
+        d.line((right + 12, ly + 6, right + 32, ly + 6), fill=colour, width=4 if method == "topv" else 2)
+        d.text((right + 38, ly), method, fill="black")
     img.save(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("tune", "report"):
+    for name in ("sweep", "report"):
         p = sub.add_parser(name)
         p.add_argument("--model", type=Path, default=DEMO_MODEL)
         p.add_argument("--mmproj", type=Path, default=DEMO_MMPROJ)
-        p.add_argument("--n", type=int, default=600, help="questions (default 600)")
+        p.add_argument("--n", type=int, default=1200, help="questions (default 1200)")
         p.add_argument("--threads", type=int)
-        if name == "tune":
-            p.add_argument("--keep", type=float, default=0.25)
-            p.add_argument("--min-gain", type=float, default=0.005,
-                           help="move a parameter only for more than this validation accuracy (default 0.005)")
-            p.add_argument("--json", type=Path, default=REPO / "results" / "tune_topv.json")
+        p.add_argument("--methods", help="comma-separated (default: every method)")
+        p.add_argument("--fresh", action="store_true", help="ignore the cached results in --json")
+        if name == "sweep":
+            p.add_argument("--param-layer", type=int, default=0)
+            p.add_argument("--param-methods", help="read-outs for the parameter sweep (default: all four)")
+            p.add_argument("--skip-params", action="store_true")
+            p.add_argument("--json", type=Path, default=REPO / "results" / "sweep_val.json")
         else:
-            p.add_argument("--layer", type=int, default=2)
-            p.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[])
+            p.add_argument("--layer", type=int, default=0)
             p.add_argument("--json", type=Path, default=REPO / "results" / "eval_demo.json")
             p.add_argument("--png", type=Path, default=REPO / "results" / "eval_demo.png")
     args = ap.parse_args(argv)
-    return tune(args) if args.cmd == "tune" else report(args)
+    return sweep(args) if args.cmd == "sweep" else report(args)
 
 
 if __name__ == "__main__":

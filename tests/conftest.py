@@ -24,16 +24,20 @@ def random_features(rng: np.random.Generator, n: int, d: int, kind: str = "corre
 
 # --- llama.cpp end-to-end fixtures: the project's tiny generated models and a picture -------------
 
-FAMILIES = ("llava", "qwen2vl", "gemma3")
+FAMILIES = ("llava", "qwen2vl", "gemma3")  # the families the TopV stage prunes (tests of pruning run on these)
+# every family the generator writes (topv_edge.synthetic.FAMILIES), in the order of docs/families.md
+GENERATED_FAMILIES = ("llava", "gemma3", "gemma4", "qwen2vl", "qwen25vl", "qwen3vl", "qwen35", "pixtral")
 
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny pair of every generated family (seed 0), plus llava with its class embedding (-cls)."""
     from topv_edge.synthetic import write_pair
 
     out = tmp_path_factory.mktemp("models")
-    for family in FAMILIES:
+    for family in GENERATED_FAMILIES:
         write_pair(family, "tiny", out, seed=0)
+    write_pair("llava", "tiny", out, seed=0, class_embedding=True)
     return out
 
 

@@ -51,3 +51,25 @@ def test_eval_rejects_bad_data_with_exit_code_2(models_dir, tmp_path, libs):
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     r = run_eval("--model", str(models_dir / "llava-tiny.gguf"), "--data", str(tmp_path / "bad.jsonl"), "--method", "fastv")
     assert r.returncode == 2 and "unknown method" in r.stderr
+
+
+def test_eval_out_needs_an_existing_directory_and_tables_say_ratio_or_count(models_dir, tmp_path, libs):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "one.jsonl").write_text('{"image": "red.png", "question": "What color?", "answer": "red"}\n')
+    data = ["--model", str(models_dir / "llava-tiny.gguf"), "--data", str(tmp_path / "one.jsonl"), "--threads", "2"]
+    missing = tmp_path / "nonexistent"
+    r = run_eval(*data, "--out", str(missing / "r.json"))
+    assert r.returncode == 2 and "does not exist (create it first)" in r.stderr and "Traceback" not in r.stderr
+    assert not missing.exists()  # nothing created, checked before the evaluation runs
+    r = run_eval(*data, "--out", str(tmp_path))
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    # --keep 1 is one token, 1.0 all of them: the table and the JSON tell them apart
+    r = run_eval(*data, "--keep", "1", "1.0", "25%", "--method", "uniform", "--out", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(row["keep_label"], row["keep_ratio"], row["keep_count"], row["kept_tokens"]) for row in rows] == [
+        ("all", 1.0, None, 64), ("1 tok", None, 1, 1), ("100%", 1.0, None, 64), ("25%", 0.25, None, 16)]
+    table = r.stdout.splitlines()
+    assert "tokens" in table[0] and any("1 tok" in line for line in table) and any("100%" in line for line in table)

@@ -112,11 +112,24 @@ def test_bad_grid(features, grid, coords, message: str) -> None:
         topv_edge.select(*features, grid, 4, coords=coords)
 
 
-def test_topv_needs_target(features) -> None:
-    with pytest.raises(ValueError, match="target"):
-        topv_edge.select(features[0], None, (4, 4), 4)
-    kept, _ = topv_edge.select(features[0], None, (4, 4), 4, method="norm")
-    assert len(kept) == 4
+@pytest.mark.parametrize("method", sorted(topv_edge.METHODS))
+def test_transport_methods_need_target(features, method: str) -> None:
+    if method.startswith("topv"):
+        with pytest.raises(ValueError, match="target"):
+            topv_edge.select(features[0], None, (4, 4), 4, method=method)
+    else:  # the baselines do not read it
+        for backend in ("native", "numba"):
+            kept, _ = topv_edge.select(features[0], None, (4, 4), 4, method=method, backend=backend)
+            assert len(kept) == 4
+
+
+def test_method_names_come_from_c() -> None:
+    assert _native.method_from_name("topv") == 0
+    assert _native.method_from_name("nonsense") == -1
+    for name, value in topv_edge.METHODS.items():
+        assert _native.method_from_name(name) == value
+    with pytest.raises(ValueError, match="method must be one of"):
+        topv_edge.select(np.zeros((4, 2), np.float32), None, (2, 2), 1, method="TopV")
 
 
 def test_c_api_returns_codes_for_raw_calls() -> None:

@@ -117,8 +117,19 @@ def test_tiny_pair_gives_the_expected_image_tokens_and_finite_logits(models_dir,
 
 
 def test_llava_with_class_embedding_loads(tmp_path, lcpp):
+    import gguf
+
     model, mmproj = write_pair("llava", "tiny", tmp_path, seed=0, class_embedding=True)
     assert model.name == "llava-tiny-cls.gguf"
+    r = gguf.GGUFReader(str(mmproj))
+    names = {t.name for t in r.tensors}
+    cfg = PRESETS[("llava", "tiny")].vision
+    # LLaVA-1.5's tower as the legacy converter writes it: class embedding, no patch bias, quick GELU
+    # (use_gelu false), the last ViT block left out
+    assert "v.class_embd" in names and "v.patch_embd.bias" not in names
+    assert r.get_field("clip.use_gelu").contents() is False
+    assert r.get_field("clip.vision.block_count").contents() == cfg.n_layer - 1
+    assert not any(n.startswith(f"v.blk.{cfg.n_layer - 1}.") for n in names)
     s = _Session(lcpp, model, mmproj)
     try:
         layout, logits = s.run(PROMPTS["llava"], demo_image((112, 112)))
@@ -209,6 +220,38 @@ def test_demo_image_is_deterministic():
     assert a.size == (120, 80) and a.mode == "RGB"
     assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
     assert len(set(np.asarray(a).reshape(-1, 3).view("u1,u1,u1").ravel().tolist())) > 5
+
+
+def test_large_presets_stream_the_same_weights_every_time(tmp_path):
+    """Presets above the streaming threshold are generated tensor by tensor from the name: reproducible,
+    never held whole; the written file holds exactly what the mapping gives."""
+    import gguf
+    from topv_edge.synthetic import LazyRandomWeights, TextConfig, write_text_model
+
+    cfg = TextConfig(n_embd=64, n_ff=96, n_layer=2, n_head=4, n_head_kv=2)
+    tok = family_tokenizer("llava")
+    shapes = text_weight_shapes(cfg, len(tok.tokens))
+    a, b = LazyRandomWeights(shapes, 7), LazyRandomWeights(shapes, 7)
+    assert set(a) == set(shapes) and np.array_equal(a["blk.1.ffn_up.weight"], b["blk.1.ffn_up.weight"])
+    assert not np.array_equal(a["blk.1.ffn_up.weight"], LazyRandomWeights(shapes, 8)["blk.1.ffn_up.weight"])
+    path = write_text_model(tmp_path / "lazy.gguf", cfg, tok, a, dtype="f16")
+    t = {x.name: x for x in gguf.GGUFReader(str(path)).tensors}
+    assert t["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    np.testing.assert_array_equal(np.asarray(t["blk.0.attn_q.weight"].data), a["blk.0.attn_q.weight"].astype(np.float16))
+    assert t["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_realistic_presets_have_the_real_shapes():
+    """The 4b presets carry the published hyperparameters (Qwen3-VL-4B-Instruct, Gemma-3-4B-it)."""
+    q = PRESETS[("qwen3vl", "4b")]
+    assert (q.text.n_embd, q.text.n_layer, q.text.n_head, q.text.n_head_kv, q.text.head_dim, q.text.n_ff) == \
+        (2560, 36, 32, 8, 128, 9728)
+    assert q.text.n_deepstack == len(q.vision.deepstack) == 3 and sum(q.text.rope_sections) == q.text.head_dim // 2
+    assert (q.vision.n_embd, q.vision.n_layer, q.vision.patch_size, q.vision.pos_size) == (1024, 24, 16, 48)
+    g = PRESETS[("gemma3", "4b")]
+    assert (g.text.n_embd, g.text.n_layer, g.text.n_head, g.text.n_head_kv, g.text.head_dim, g.text.n_ff) == \
+        (2560, 34, 8, 4, 256, 10240)
+    assert (g.vision.n_embd, g.vision.n_layer, g.vision.image_size, g.vision.n_image_tokens()) == (1152, 27, 896, 256)
 
 
 def test_cli_prints_the_two_paths(tmp_path, capsys):

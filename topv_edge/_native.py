@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS: dict[str, int] = {"topv": 0, "uniform": 1, "norm": 2}  # enum topv_method
 STATUS_NUMERIC = 9  # TOPV_STATUS_NUMERIC
 
 
@@ -83,6 +82,10 @@ def library() -> ctypes.CDLL:
     lib.topv_status_string.argtypes = [ctypes.c_int32]
     lib.topv_check_params.restype = ctypes.c_int32
     lib.topv_check_params.argtypes = [TopVParams]
+    lib.topv_method_name.restype = ctypes.c_char_p
+    lib.topv_method_name.argtypes = [ctypes.c_int32]
+    lib.topv_method_from_name.restype = ctypes.c_int32
+    lib.topv_method_from_name.argtypes = [ctypes.c_char_p]
     lib.topv_keep_count.restype = ctypes.c_int64
     lib.topv_keep_count.argtypes = [ctypes.c_int64, ctypes.c_double]
     lib.topv_select.restype = ctypes.c_int32
@@ -91,6 +94,31 @@ def library() -> ctypes.CDLL:
         ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, TopVParams, i32p, f64p,
     ]
     return lib
+
+
+def method_names() -> dict[str, int]:
+    """{name: enum topv_method value}, read from the C library (topv_method_name): the names live in C only."""
+    lib = library()
+    out: dict[str, int] = {}
+    m = 0
+    while (name := lib.topv_method_name(m)) is not None:  # 0 .. TOPV_METHOD_COUNT - 1
+        out[name.decode()] = m
+        m += 1
+    return out
+
+
+def method_from_name(name: str) -> int:
+    """topv_method_from_name: the enum value, or -1 if unknown."""
+    return int(library().topv_method_from_name(name.encode()))
+
+
+def __getattr__(name: str):
+    # METHODS is read from the library on first use, so importing the package never needs it loaded
+    if name == "METHODS":
+        methods = method_names()
+        globals()["METHODS"] = methods
+        return methods
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def status_string(status: int) -> str:

@@ -5,33 +5,55 @@
   python -m topv_edge.chat --demo                              the bundled demo model and picture
 
 The mmproj (the vision encoder) is the .gguf next to the model whose name contains
-"mmproj", or --mmproj. Pruning keeps --keep of each image's tokens (default 0.25),
-chosen by TopV at layer --layer (default 2); the kept tokens keep their original
-positions, so answers stay grounded, and the KV cache holds only them.
+"mmproj", or --mmproj. Options may come anywhere, before, between or after the files.
+Pruning keeps --keep of each image's tokens (default 0.25), chosen by TopV at layer
+--layer (default 2); the kept tokens keep their original positions, so answers stay
+grounded, and the KV cache holds only them.
 
-In the chat: /image PATH adds an image to your next message, /stats shows what the
-last turn cost, /reset forgets the conversation, /quit (or Ctrl-D) leaves.
+--keep: '0.25' or '25%' is a ratio of each image's tokens; a whole number ('144') is a
+token count, so '--keep 1' keeps one token and '--keep 1.0' or '100%' keeps them all.
+Reports give both the ratio and the count.
 
-Exit codes: 0 done, 2 a problem with the input (the message says which), 1 a bug.
+The context and its batch are sized automatically: the batch holds the largest image
+whole (the probe needs that), and the context what the conversation needs, growing
+when a later image needs more; --ctx fixes the context size instead.
+
+In the chat: /image PATH [PATH ...] adds pictures to your next message (quotes and ~
+work), /stats shows what the last turn cost, /reset forgets the conversation and its
+pictures, /quit (or Ctrl-D) leaves. Ctrl-C stops an answer; at the prompt, Ctrl-C
+twice leaves. Line editing and history (~/.cache/topv-edge/history) come from readline.
+
+Exit codes: 0 done, 2 a problem with the input (the message says which), 1 a bug,
+130 interrupted while loading.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from .runtime import ChatError, TopVOptions, TurnReport, VisionChat
+from ._native import METHODS
+from .runtime import MAX_THREADS, ChatError, TopVOptions, TurnReport, VisionChat, read_image
 
 
 def parse_keep(text: str) -> float | int:
-    """'0.25' -> ratio 0.25; '144' -> 144 tokens. A ratio must be in (0, 1], a count >= 1."""
+    """'0.25' or '25%' -> ratio 0.25; '144' -> 144 tokens ('1' is one token, '1.0' and '100%' keep all)."""
+    t = text.strip()
     try:
-        value: float | int = int(text) if text.strip().lstrip("+").isdigit() else float(text)
+        if t.endswith("%"):
+            value: float | int = float(t[:-1]) / 100.0
+            if not 0.0 < value <= 1.0:
+                raise argparse.ArgumentTypeError(f"a keep percentage must be in (0%, 100%] (got {text})")
+            return value
+        value = int(t) if t.lstrip("+").isdigit() else float(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a ratio (0.25), a percentage (25%) or a token count (144): {text!r}") from None
     if isinstance(value, float) and not (0.0 < value <= 1.0):
         raise argparse.ArgumentTypeError(f"a keep ratio must be in (0, 1] (got {text}); a whole number is a token count")
     if isinstance(value, int) and value < 1:
@@ -46,6 +68,27 @@ def _nonnegative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0 (got {v})")
+    return v
+
+
+def threads_arg(text: str) -> int:
+    """--threads: 1..MAX_THREADS (llama.cpp's limit)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= v <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_THREADS} (this machine has {os.cpu_count()} cores), got {v}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {v})")
     return v
 
 
@@ -67,26 +110,37 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-p", "--prompt", help="ask this once, print the answer and exit (no interactive chat)")
     g = ap.add_argument_group("pruning")
     g.add_argument("--keep", type=parse_keep, default=0.25,
-                   help="image tokens to keep: a ratio in (0, 1] (0.25 = a quarter) or a whole count (144); default 0.25")
+                   help="image tokens to keep: a ratio (0.25) or percentage (25%%) of each image, or a whole "
+                        "token count (144; so 1 is one token, 1.0 all of them); default 0.25")
     g.add_argument("--layer", type=_nonnegative_int, default=2,
-                   help="the LLM layer whose input and output features TopV compares (the paper's Li); default 2")
+                   help="the LLM layer whose input and output features TopV compares (the paper's Li), "
+                        "0..(layers - 2), checked once the model is loaded; default 2")
+    g.add_argument("--method", choices=list(METHODS), default="topv",
+                   help="how to choose the kept tokens: topv (the paper's optimal transport; default) or a "
+                        "baseline, e.g. uniform (evenly spaced) or norm (largest feature norm)")
     g.add_argument("--no-prune", action="store_true", help="decode every image token (plain llama.cpp behaviour)")
     g.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[],
                    help="a pass parameter (alpha, beta, gamma, sigma, eps, tau, iters, recover), e.g. --topv recover=0.5")
     g = ap.add_argument_group("generation")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    g.add_argument("--ctx", type=int, default=None,
-                   help="context size in tokens; default: what the first message needs after pruning + --max-tokens + 256")
+    g.add_argument("--threads", type=threads_arg, default=None, help=f"CPU threads, 1..{MAX_THREADS} (default: all cores)")
+    g.add_argument("--ctx", type=_positive_int, default=None,
+                   help="context size in tokens (llama.cpp rounds it up to a multiple of 256); default: what the conversation needs after pruning + --max-tokens + 256 "
+                        "(grown when a later image needs more)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
-    g.add_argument("--max-tokens", type=int, default=None,
+    g.add_argument("--max-tokens", type=_positive_int, default=None,
                    help="longest answer in tokens (default 256; 8 with --demo, whose answers are one word)")
     g = ap.add_argument_group("output")
     g.add_argument("--json", action="store_true",
-                   help="after each answer print one JSON line: image tokens, kept tokens, encode/probe/pass/prefill ms, "
-                        "time to first token, KV cells used")
+                   help="after each answer print one JSON line: keep (ratio or count), image tokens, kept tokens, "
+                        "encode/probe/pass/prefill ms, time to first token, KV cells used")
     g.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     return ap
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, options anywhere among the files (`MODEL --mmproj P IMAGE` works)."""
+    return build_parser().parse_intermixed_args(argv)
 
 
 def parse_topv_params(items: Sequence[str]) -> dict[str, float | int]:
@@ -104,7 +158,8 @@ def parse_topv_params(items: Sequence[str]) -> dict[str, float | int]:
 
 
 def _topv_options(args: argparse.Namespace) -> TopVOptions:
-    return TopVOptions(enabled=not args.no_prune, keep=args.keep, layer=args.layer, params=parse_topv_params(args.topv))
+    return TopVOptions(enabled=not args.no_prune, keep=args.keep, layer=args.layer, method=args.method,
+                       params=parse_topv_params(args.topv))
 
 
 def _report_json(report: TurnReport) -> str:
@@ -120,22 +175,106 @@ def _print_stats(report: TurnReport | None, out) -> None:
         print("no turn yet", file=out)
         return
     for k, im in enumerate(report.images, 1):
-        state = "pruned" if im.pruned else f"not pruned{': ' + im.note if im.note else ''}"
-        print(f"image {k}: {im.n_tokens} tokens -> {im.n_kept} kept ({state}); encode {im.encode_ms:.0f} ms, "
-              f"probe {im.probe_ms:.0f} ms, TopV {im.pass_ms:.1f} ms, decode {im.decode_ms:.0f} ms", file=out)
+        state = f"pruned by {report.method}, --keep {report.keep}" if im.pruned else f"not pruned: {im.note}"
+        print(f"image {k}: {im.n_tokens} tokens -> {im.n_kept} kept ({100 * im.kept_fraction:.1f}%; {state}); "
+              f"encode {im.encode_ms:.0f} ms, probe {im.probe_ms:.0f} ms, TopV {im.pass_ms:.1f} ms, "
+              f"decode {im.decode_ms:.0f} ms", file=out)
     print(f"prompt text tokens {report.text_tokens}, prefill {report.prefill_ms:.0f} ms, "
-          f"first token after {report.ttft_ms:.0f} ms, {report.generated_tokens} tokens in {report.generate_ms:.0f} ms, "
-          f"KV cells {report.kv_cells}/{report.n_ctx}", file=out)
+          f"first token after {report.ttft_ms:.0f} ms, {report.generated_tokens} tokens in {report.generate_ms:.0f} ms"
+          f"{' (stopped)' if report.stopped else ''}, KV cells {report.kv_cells}/{report.n_ctx}", file=out)
 
 
 def _progress(msg: str) -> None:
     if sys.stderr.isatty():
-        print(f"\r\033[K{msg}", end="" if msg else "", file=sys.stderr, flush=True)
+        print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
 
 
 def _stream(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _check_images(paths: Sequence[str]) -> None:
+    """Every command-line picture is readable, before the model loads (a bad one ends the program: exit 2)."""
+    for p in paths:
+        read_image(p)
+
+
+class _Session:
+    """What the command line adds to a VisionChat: notes, pictures waiting for the next message, Ctrl-C."""
+
+    def __init__(self, chat: VisionChat, as_json: bool) -> None:
+        self.chat = chat
+        self.as_json = as_json
+        self.noted_no_picture = False
+        self.last: TurnReport | None = None
+
+    def answer(self, text: str, images: Sequence[str], stop: Callable[[], bool] | None = None) -> TurnReport:
+        if not images and self.chat.n_images == 0 and not self.noted_no_picture:
+            print("note: no picture in this conversation: the model answers from the text alone"
+                  " (/image PATH adds one)", file=sys.stderr)
+            self.noted_no_picture = True
+        _, report = self.chat.ask(text, images, on_token=_stream, stop=stop)
+        print()
+        if report.stopped:
+            print("(answer stopped)", file=sys.stderr)
+        for im in report.images:
+            if self.chat.topv.enabled and not im.pruned:
+                print(f"note: image not pruned: {im.note}", file=sys.stderr)
+        if self.as_json:
+            print(_report_json(report), flush=True)
+        self.last = report
+        return report
+
+
+class _StopOnCtrlC:
+    """While active, Ctrl-C asks the answer to stop (at the next token) instead of ending the program."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def __enter__(self) -> "_StopOnCtrlC":
+        self.requested = False
+        self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._old)
+
+
+def history_path() -> Path:
+    """The REPL's readline history: under the user's cache directory."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "topv-edge" / "history"
+
+
+def _setup_readline() -> Callable[[], None]:
+    """Line editing and history for input(); returns what saves the history (a no-op without readline)."""
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input()
+        return lambda: None
+    path = history_path()
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass  # no history yet
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)
+        except OSError as e:
+            print(f"note: could not save the history to {path}: {e}", file=sys.stderr)
+
+    return save
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,92 +285,136 @@ def run(args: argparse.Namespace) -> int:
             model, mmproj, image = demo_files()
         except FileNotFoundError as e:
             raise ChatError(str(e)) from None
+        if args.model:  # with --demo, a positional is a picture
+            args.images = [args.model, *args.images]
         args.model, args.mmproj = str(model), str(mmproj)
         args.images = args.images or [str(image)]
         if args.max_tokens is None:
             args.max_tokens = 8
-        print(f"demo: {model.name} and {image}", file=sys.stderr)
+        print(f"demo: {model.name} and {', '.join(args.images)}", file=sys.stderr)
         if args.prompt is None:
             print("ask it, e.g.: " + " / ".join(q["question"] for q in demo_questions()[:3]), file=sys.stderr)
     if not args.model:
         raise ChatError("give a model (MODEL.gguf IMAGE ...) or --demo; see --help")
     options = _topv_options(args)
+    options.validate()
+    _check_images(args.images)
     chat = VisionChat(args.model, args.mmproj, topv=options, n_ctx=args.ctx, threads=args.threads, seed=args.seed,
-                      temp=args.temp, max_tokens=256 if args.max_tokens is None else args.max_tokens, verbose=args.verbose, progress=_progress)
+                      temp=args.temp, max_tokens=256 if args.max_tokens is None else args.max_tokens,
+                      verbose=args.verbose, progress=_progress)
     with chat:
+        session = _Session(chat, args.json)
         if args.prompt is not None:
-            _answer(chat, args.prompt, args.images, args.json)
+            session.answer(args.prompt, args.images)
             return 0
-        return _repl(chat, list(args.images), args.json)
+        return _repl(session, list(args.images))
 
 
-def _answer(chat: VisionChat, text: str, images: Sequence[str], as_json: bool) -> TurnReport:
-    _, report = chat.ask(text, images, on_token=_stream)
-    print()
-    for im in report.images:
-        if chat.topv.enabled and not im.pruned:
-            print(f"note: image not pruned: {im.note}", file=sys.stderr)
-    if as_json:
-        print(_report_json(report), flush=True)
-    return report
+def _usable(pending: list[str]) -> list[str]:
+    """The pending pictures still readable; each one that is not is dropped, and said so."""
+    good = []
+    for path in pending:
+        try:
+            read_image(path)
+            good.append(path)
+        except ChatError as e:
+            print(f"picture dropped: {e}", file=sys.stderr)
+    return good
 
 
-def _repl(chat: VisionChat, pending: list[str], as_json: bool) -> int:
+def _add_images(rest: str, pending: list[str]) -> None:
+    """/image PATH [PATH ...]: quoted paths and ~ work; a bad picture is refused alone."""
+    try:
+        paths = shlex.split(rest)
+    except ValueError as e:
+        print(f"/image: {e} (quote a path with spaces: /image \"my photo.jpg\")", file=sys.stderr)
+        return
+    if not paths:
+        print("usage: /image PATH [PATH ...]", file=sys.stderr)
+        return
+    for path in paths:
+        try:
+            read_image(path)
+        except ChatError as e:
+            print(f"not added: {e}", file=sys.stderr)
+            continue
+        pending.append(str(Path(path).expanduser()))
+        print(f"picture {path} will go with your next message ({len(pending)} waiting)", file=sys.stderr)
+
+
+def _repl(session: _Session, pending: list[str]) -> int:
+    chat = session.chat
     interactive = sys.stdin.isatty()
+    save_history = _setup_readline() if interactive else (lambda: None)
     if interactive:
-        print("Ask about the image(s). /image PATH adds one, /stats, /reset, /quit.", file=sys.stderr)
-    last: TurnReport | None = None
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            return 0
-        except KeyboardInterrupt:
-            print(file=sys.stderr)
-            return 0
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("/"):
-            cmd, _, rest = line.partition(" ")
-            if cmd in ("/quit", "/exit", "/q"):
+        print("Ask about the picture(s). /image PATH adds one, /stats, /reset, /quit; Ctrl-C stops an answer.",
+              file=sys.stderr)
+    interrupted = False  # Ctrl-C at the prompt once: a second one leaves
+    stopper = _StopOnCtrlC()
+    try:
+        while True:
+            try:
+                line = input("> " if interactive else "")
+            except EOFError:
+                if interactive:
+                    print(file=sys.stderr)
                 return 0
-            if cmd == "/stats":
-                _print_stats(last, sys.stdout)
-            elif cmd == "/reset":
-                chat.reset()
-                pending.clear()
-                last = None
-                print("conversation cleared", file=sys.stderr)
-            elif cmd == "/image":
-                path = rest.strip()
-                if not path:
-                    print("usage: /image PATH", file=sys.stderr)
-                elif not Path(path).is_file():
-                    print(f"image not found: {path}", file=sys.stderr)
+            except KeyboardInterrupt:
+                print(file=sys.stderr)
+                if interrupted:
+                    return 0
+                interrupted = True
+                print("(Ctrl-C again or Ctrl-D to leave)", file=sys.stderr)
+                continue
+            interrupted = False
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                cmd, _, rest = line.partition(" ")
+                if cmd in ("/quit", "/exit", "/q"):
+                    return 0
+                if cmd == "/stats":
+                    _print_stats(session.last, sys.stdout)
+                elif cmd == "/reset":
+                    turns, pictures = sum(m["role"] == "user" for m in chat.messages), chat.n_images
+                    chat.reset()
+                    waiting = len(pending)
+                    pending.clear()
+                    session.last = None
+                    print(f"conversation cleared: {turns} message(s) and {pictures} picture(s) are gone"
+                          + (f", and the {waiting} waiting picture(s) too" if waiting else "")
+                          + "; /image PATH adds a new picture", file=sys.stderr)
+                elif cmd == "/image":
+                    _add_images(rest, pending)
                 else:
-                    pending.append(path)
-                    print(f"image {path} will go with your next message", file=sys.stderr)
-            else:
-                print(f"unknown command {cmd}; /image PATH, /stats, /reset, /quit", file=sys.stderr)
-            continue
-        try:
-            last = _answer(chat, line, pending, as_json)
-        except ChatError as e:  # one bad turn (an unreadable image, a full context) does not end the chat
-            print(f"error: {e}", file=sys.stderr)
-            if not interactive:
-                raise
-        pending = []
+                    print(f"unknown command {cmd}; /image PATH, /stats, /reset, /quit", file=sys.stderr)
+                continue
+            images = _usable(pending)
+            pending = []
+            try:
+                with stopper:
+                    session.answer(line, images, stop=stopper)
+            except ChatError as e:  # one bad turn (a full context, ...) does not end the chat
+                print(f"error: {e}", file=sys.stderr)
+                if images:
+                    print(f"(that message and its {len(images)} picture(s) were not sent)", file=sys.stderr)
+                if not interactive:
+                    raise
+    finally:
+        save_history()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return run(args)
     except ChatError as e:
+        _progress("")
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _progress("")
         return 130
 
 

@@ -1,6 +1,6 @@
 """Chat templates: compiled the way HF transformers and llama-cpp-python compile them, and the templates the
 project's models carry (LLaVA-1.5, which is also the runtime's fallback for LLaVA GGUFs without a template;
-ChatML for Qwen2-VL; Gemma 3).
+ChatML for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5; Gemma 3; Gemma 4; Mistral's [INST] for Pixtral).
 
 The templates print list contents' text parts: llama-cpp-python and topv_edge turn an image part into a text
 part holding the media marker. Rendering uses trim_blocks, which drops a newline written right after a block
@@ -23,6 +23,18 @@ CHATML_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message.role }}\
 GEMMA_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<start_of_turn>"
                   "{{ 'model' if message.role == 'assistant' else message.role }}\n" + _CONTENT + "<end_of_turn>\n"
                   "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+# Gemma 4's turn markers (<|turn>role ... <turn|>), images are wrapped by mtmd in <|image> ... <image|>
+GEMMA4_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<|turn>"
+                   "{{ 'model' if message.role == 'assistant' else message.role }}\n" + _CONTENT + "<turn|>\n"
+                   "{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}")
+# Mistral's [INST] format (Pixtral, Mistral Small 3.1): a system message is prepended to the first user turn
+MISTRAL_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
+                    "{% if message.role == 'system' %}[INST]" + _CONTENT + "{{ '\\n\\n' }}"
+                    "{% elif message.role == 'user' %}{% if loop.index0 == 0 or messages[loop.index0 - 1].role != 'system' %}"
+                    "[INST]{% endif %}" + _CONTENT + "[/INST]"
+                    "{% elif message.role == 'assistant' %}" + _CONTENT + "</s>"
+                    "{% endif %}{% endfor %}")
 
 
 def compile_chat_template(source: str):

@@ -11,6 +11,13 @@ equals the answer after lower-casing and removing punctuation and surrounding sp
 first line counts. Works on any model llama.cpp runs (real models and data sets included): the prompt
 is the question, with the model's own chat template.
 
+--keep: 0.25 or 25% is a ratio of each image's tokens, a whole number (144) a token count (so 1 is one
+token and 1.0 all of them); the table shows ratios as percentages and counts as "N tok", the JSON both
+("keep_ratio" / "keep_count") with the mean kept fraction and kept tokens per image.
+
+--out FILE: the file's directory must exist (it is not created, as for a shell redirection); checked
+before anything runs.
+
 `--positions renumbered` is a diagnostic: the kept tokens are decoded at consecutive positions and the
 text follows right after them (what a pruner that ignores positions does), to measure what keeping the
 original positions is worth. M-RoPE models (Qwen2-VL) always keep their original positions.
@@ -20,13 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chat import _nonnegative_int, _Parser, parse_keep, parse_topv_params
+from ._native import METHODS
+from .chat import _nonnegative_int, _Parser, _positive_int, parse_keep, parse_topv_params, threads_arg
 from .runtime import ChatError, TopVOptions, VisionChat
 
 
@@ -75,12 +84,34 @@ def evaluate(chat: VisionChat, items: list[Item], options: TopVOptions, progress
         k[0] += ok
         k[1] += 1
         predictions.append(answer)
-        kept.extend(im.n_kept / im.n_tokens for im in report.images)
+        kept.extend((im.n_kept / im.n_tokens, im.n_kept) for im in report.images)
         if progress:
             progress(i + 1, len(items))
     return {"accuracy": right / len(items), "n": len(items),
             "per_kind": {k: v[0] / v[1] for k, v in sorted(per_kind.items())},
-            "kept_fraction": sum(kept) / max(1, len(kept)), "predictions": predictions}
+            "kept_fraction": sum(f for f, _ in kept) / max(1, len(kept)),
+            "kept_tokens": sum(n for _, n in kept) / max(1, len(kept)), "predictions": predictions}
+
+
+def keep_fields(options: TopVOptions) -> dict:
+    """The requested keep, unambiguous: ratio or count (the other None), and its label."""
+    if not options.enabled:
+        return {"keep": 1.0, "keep_ratio": 1.0, "keep_count": None, "keep_label": "all"}
+    return {"keep": options.keep, "keep_ratio": None if options.is_count else float(options.keep),
+            "keep_count": int(options.keep) if options.is_count else None,
+            "keep_label": f"{int(options.keep)} tok" if options.is_count else f"{100 * float(options.keep):.4g}%"}
+
+
+def check_out(path: Path | None) -> None:
+    """--out must name a file in an existing directory (nothing is created but the file)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ChatError(f"--out {path} is a directory; give a file name, e.g. {path / 'results.json'}")
+    if not path.parent.is_dir():
+        raise ChatError(f"--out {path}: the directory {path.parent} does not exist (create it first)")
+    if not os.access(path.parent, os.W_OK):
+        raise ChatError(f"--out {path}: the directory {path.parent} is not writable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,22 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mmproj")
     ap.add_argument("--data", required=True, type=Path, help="JSON lines: image, question, answer")
     ap.add_argument("--keep", type=parse_keep, nargs="+", default=[0.5, 0.25, 0.11])
-    ap.add_argument("--method", default="topv,uniform,norm", help="comma-separated: topv, uniform, norm")
+    ap.add_argument("--method", default="topv,uniform,norm",
+                    help=f"comma-separated, from: {', '.join(METHODS)}; default topv,uniform,norm")
     ap.add_argument("--layer", type=_nonnegative_int, nargs="+", default=[2])
     ap.add_argument("--positions", default="original",
                     help="comma-separated: original (the product), renumbered (diagnostic, see above)")
     ap.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[], help="a pass parameter, e.g. gamma=0.5")
-    ap.add_argument("--limit", type=int, help="only the first N questions")
-    ap.add_argument("--threads", type=int)
-    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--limit", type=_positive_int, help="only the first N questions")
+    ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
+    ap.add_argument("--max-tokens", type=_positive_int, default=8, help="longest answer in tokens (default 8)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    ap.add_argument("--out", type=Path, help="also write the results (JSON) here")
+    ap.add_argument("--out", type=Path, help="also write the results (JSON) here; its directory must exist")
     args = ap.parse_args(argv)
     try:
+        check_out(args.out)
         methods = [m.strip() for m in args.method.split(",") if m.strip()]
-        bad = [m for m in methods if m not in ("topv", "uniform", "norm")]
-        if bad:
-            raise ChatError(f"unknown method(s) {', '.join(bad)}; choose from topv, uniform, norm")
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ChatError(f"unknown method(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
         positions = [m.strip() for m in args.positions.split(",") if m.strip()]
         bad = [m for m in positions if m not in ("original", "renumbered")]
         if bad or not positions:
@@ -117,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         max_tokens=args.max_tokens) as chat:
             t0 = time.perf_counter()
             base = evaluate(chat, items, TopVOptions(enabled=False), show)
-            rows.append({"method": "none", "keep": 1.0, "layer": None, "positions": "original", **base,
-                         "retention": 1.0})
+            rows.append({"method": "none", **keep_fields(TopVOptions(enabled=False)), "layer": None,
+                         "positions": "original", **base, "retention": 1.0})
             for pos in positions:
                 for method in methods:
                     for layer in args.layer:
@@ -126,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                             opts = TopVOptions(keep=keep, layer=layer, method=method, params=params,
                                                renumber_positions=pos == "renumbered")
                             r = evaluate(chat, items, opts, show)
-                            rows.append({"method": method, "keep": keep, "layer": layer, "positions": pos, **r,
+                            rows.append({"method": method, **keep_fields(opts), "layer": layer, "positions": pos, **r,
                                          "retention": r["accuracy"] / base["accuracy"] if base["accuracy"] else None})
             seconds = time.perf_counter() - t0
         if show:
@@ -134,20 +167,24 @@ def main(argv: list[str] | None = None) -> int:
         result = {"model": str(args.model), "data": str(args.data), "n": len(items), "params": params,
                   "seconds": seconds, "rows": rows}
         if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=1))
+            try:
+                args.out.write_text(json.dumps(result, indent=1))
+            except OSError as e:
+                raise ChatError(f"could not write --out {args.out}: {e.strerror}") from None
         if args.json:
             print(json.dumps(result))
         else:
             kinds = sorted({k for r in rows for k in r["per_kind"]})
             show_pos = positions != ["original"]
-            print(f"{'method':<9}{'keep':>6}{'layer':>6}" + (f"{'positions':>12}" if show_pos else "")
-                  + f"{'kept':>7}{'accuracy':>10}{'retention':>11}  " + "".join(f"{k:>9}" for k in kinds))
+            # keep as asked (25% = a ratio, "16 tok" = a count), then what was kept: fraction and tokens per image
+            width = max(len(r["method"]) for r in rows) + 2
+            print(f"{'method':<{width}}{'keep':>8}{'layer':>6}" + (f"{'positions':>12}" if show_pos else "")
+                  + f"{'kept':>7}{'tokens':>8}{'accuracy':>10}{'retention':>11}  " + "".join(f"{k:>9}" for k in kinds))
             for r in rows:
                 layer = "-" if r["layer"] is None else str(r["layer"])
                 retention = "-" if r["retention"] is None else f"{r['retention']:.3f}"
-                print(f"{r['method']:<9}{r['keep']:>6g}{layer:>6}" + (f"{r['positions']:>12}" if show_pos else "")
-                      + f"{r['kept_fraction']:>7.2f}{r['accuracy']:>10.3f}{retention:>11}  "
+                print(f"{r['method']:<{width}}{r['keep_label']:>8}{layer:>6}" + (f"{r['positions']:>12}" if show_pos else "")
+                      + f"{r['kept_fraction']:>7.2f}{r['kept_tokens']:>8.1f}{r['accuracy']:>10.3f}{retention:>11}  "
                       + "".join(f"{r['per_kind'].get(k, float('nan')):>9.3f}" for k in kinds))
         return 0
     except ChatError as e:

@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -40,16 +41,79 @@ def _patch_files() -> list[Path]:
     return []
 
 
+BACKENDS = ("cpu", "vulkan", "cuda", "metal")  # scripts/build_llama_cpp.sh --backend
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "topv-edge"
+
+
+def backend_build_dir(backend: str) -> Path:
+    """The build directory of one backend (scripts/build_llama_cpp.sh --backend B --print-dir)."""
+    if backend not in BACKENDS:
+        raise LlamaBuildMissing(f"unknown llama.cpp backend {backend!r}: one of {', '.join(BACKENDS)}")
+    return cache_root() / f"llama.cpp-{LLAMA_CPP_COMMIT}-{backend}"
+
+
+def installed_backend() -> str | None:
+    """The backend scripts/install.sh last installed (its marker file in the cache), None if none."""
+    try:
+        name = (cache_root() / "installed-backend").read_text().strip()
+    except OSError:
+        return None
+    return name if name in BACKENDS else None
+
+
 def build_dir() -> Path:
-    """Where scripts/build_llama_cpp.sh installs the patched build (same computation as the script)."""
+    """The patched build to load: TOPV_EDGE_LLAMA_DIR if set, else the build of TOPV_EDGE_BACKEND, else the
+    backend scripts/install.sh installed, else the CPU build (the same directories as the build script)."""
     override = os.environ.get("TOPV_EDGE_LLAMA_DIR")
     if override:
         return Path(override)
-    h = hashlib.sha256()
-    for p in _patch_files():
-        h.update(p.read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "topv-edge"
-    return cache / f"llama.cpp-{LLAMA_CPP_COMMIT}-{h.hexdigest()[:8]}"
+    backend = os.environ.get("TOPV_EDGE_BACKEND") or installed_backend() or "cpu"
+    return backend_build_dir(backend)
+
+
+def build_backend(directory: Path) -> str:
+    """The backend a build was made for, from its stamp (builds before the --backend option: cpu)."""
+    try:
+        stamp = (directory / ".built").read_text().split()
+    except OSError:
+        return "cpu"
+    for word in stamp:
+        if word.startswith("backend="):
+            return word.split("=", 1)[1]
+    return "cpu"
+
+
+def _source_hashes() -> tuple[str, str] | None:
+    """(patches, native) hashes of this checkout, as build_llama_cpp.sh writes them into the stamp; None when the
+    sources are not at hand (an installed package without native/)."""
+    patches = sorted((REPO_ROOT / "patches").glob("*.patch"))
+    native = REPO_ROOT / "native"
+    if not patches or not native.is_dir():
+        return None
+    patch_hash = hashlib.sha256(b"".join(p.read_bytes() for p in patches)).hexdigest()[:16]
+    files = sorted(str(f.relative_to(REPO_ROOT)).encode() for f in native.rglob("*")
+                   if f.is_file() and not str(f.relative_to(REPO_ROOT)).startswith("native/tests/"))
+    listing = b"".join(hashlib.sha256((REPO_ROOT / f.decode()).read_bytes()).hexdigest().encode() + b"  " + f + b"\n"
+                       for f in files)
+    return patch_hash, hashlib.sha256(listing).hexdigest()[:16]
+
+
+def stale_build_message(directory: Path) -> str | None:
+    """Why the build in `directory` does not match this checkout's patches/ and native/ (None: it does, or the
+    sources or the stamp are not there to compare)."""
+    hashes = _source_hashes()
+    try:
+        stamp = dict(w.split("=", 1) for w in (directory / ".built").read_text().split() if "=" in w)
+    except OSError:
+        return None
+    if hashes is None or (stamp.get("patches"), stamp.get("native")) == hashes:
+        return None
+    backend = build_backend(directory)
+    return (f"the patched llama.cpp in {directory} was built from other patches/ or native/ sources than this "
+            f"checkout's; rebuild it: bash scripts/build_llama_cpp.sh --backend {backend}")
 
 
 def default_threads() -> int:
@@ -93,27 +157,43 @@ class MtmdTopvStats(ctypes.Structure):
         ("probe_ms", ctypes.c_double),
         ("pass_ms", ctypes.c_double),
         ("decode_ms", ctypes.c_double),
+        ("probe_max_layer", ctypes.c_int32),
+        ("n_grid", ctypes.c_int32),         # grid tokens (rows of scores and features); 0 from older builds
+        ("n_always_kept", ctypes.c_int32),  # structural tokens kept on top of the grid's
     ]
 
 
 MTMD_TOPV_PRUNED = 0
 MTMD_TOPV_DISABLED = 1
 MTMD_TOPV_KEEP_ALL = 2
+MTMD_TOPV_UBATCH_TOO_SMALL = 4
 
 
 # --- llama.cpp's log, captured ---------------------------------------------------------------------
 
 
+GGML_LOG_LEVEL_WARN = 3   # enum ggml_log_level
+GGML_LOG_LEVEL_ERROR = 4
+GGML_LOG_LEVEL_CONT = 5   # continues the previous message
+
+
 @dataclass
 class LogRecorder:
+    """The log lines (level, text) llama.cpp wrote while one call ran."""
+
     lines: list[tuple[int, str]] = field(default_factory=list)
 
+    def errors(self) -> list[str]:
+        """The error-level lines, in order (what llama.cpp said went wrong)."""
+        return [text for level, text in self.lines if level == GGML_LOG_LEVEL_ERROR and text]
+
     def last(self) -> str:
-        """The last warning or error line, else the last line ("" if none)."""
-        for level, text in reversed(self.lines):
-            if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
-                return text
-        return self.lines[-1][1] if self.lines else ""
+        """The first error line, else the last warning ("" if neither): the cause, not the last thing logged."""
+        errors = self.errors()
+        if errors:
+            return errors[0]
+        warnings = [text for level, text in self.lines if level == GGML_LOG_LEVEL_WARN and text]
+        return warnings[-1] if warnings else ""
 
 
 class LlamaLog:
@@ -129,7 +209,7 @@ class LlamaLog:
         s = text.decode("utf-8", "replace") if text else ""
         if self.verbose:
             sys.stderr.write(s)
-        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message
+        if level != GGML_LOG_LEVEL_CONT:
             self._partial_level = level
         self._partial += s
         while "\n" in self._partial:
@@ -160,17 +240,68 @@ class LlamaLibs:
     directory: Path
     _callback: object  # keeps the ctypes log callback alive
 
+    @property
+    def backend(self) -> str:
+        """The backend this build was made for (cpu, vulkan, cuda, metal)."""
+        return build_backend(self.directory)
+
+    def gpu_devices(self) -> list[str]:
+        """The GPU devices ggml sees in this build ("Vulkan0: llvmpipe (LLVM 15.0.6, 256 bits)"); [] when none
+        (a CPU build, or no usable device: llama.cpp then runs everything on the CPU)."""
+        libs = [p for p in (self.directory / "lib").iterdir() if p.name.split(".")[0] in ("libggml", "ggml")]
+        if not libs:
+            return []
+        g = ctypes.CDLL(str(libs[0]))  # already loaded by libllama: the same handle
+        g.ggml_backend_dev_count.restype = ctypes.c_size_t
+        g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        g.ggml_backend_dev_get.restype = ctypes.c_void_p
+        for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(g, fn).argtypes = [ctypes.c_void_p]
+            getattr(g, fn).restype = ctypes.c_char_p
+        g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        g.ggml_backend_dev_type.restype = ctypes.c_int
+        out = []
+        for i in range(g.ggml_backend_dev_count()):
+            dev = g.ggml_backend_dev_get(i)
+            if g.ggml_backend_dev_type(dev) in (1, 2):  # GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU
+                out.append(f"{g.ggml_backend_dev_name(dev).decode()}: {g.ggml_backend_dev_description(dev).decode()}")
+        return out
+
     def topv_default_params(self) -> MtmdTopvParams:
         return self.mtmd_cpp._libmtmd.mtmd_topv_default_params()
 
     def topv_set_params(self, mctx: object, params: MtmdTopvParams) -> int:
         return self.mtmd_cpp._libmtmd.mtmd_topv_set_params(mctx, ctypes.byref(params))
 
+    def topv_get_params(self, mctx: object) -> MtmdTopvParams:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_get_params(mctx)
+
     def topv_stats(self, mctx: object) -> MtmdTopvStats:
         return self.mtmd_cpp._libmtmd.mtmd_topv_get_stats(mctx)
 
+    def topv_reason(self, mctx: object) -> str:
+        """The stage's sentence for the last image's result (mtmd_topv_get_reason; "" from builds without it)."""
+        fn = getattr(self.mtmd_cpp._libmtmd, "mtmd_topv_get_reason", None)
+        if fn is None or fn.restype is not ctypes.c_char_p:
+            return ""
+        text = fn(mctx)
+        return text.decode("utf-8", "replace") if text else ""
+
     def topv_result_string(self, result: int) -> str:
         return self.mtmd_cpp._libmtmd.mtmd_topv_result_string(result).decode()
+
+    def topv_check_model(self, mctx: object, model: object) -> str | None:
+        """Why the mmproj does not fit the text model per the stage's layout table (None: it fits).
+
+        mtmd_topv_check_model compares the projector with the text model's architecture and rope type; a build
+        without it (an older patch) skips the check and returns None."""
+        fn = getattr(self.mtmd_cpp._libmtmd, "mtmd_topv_check_model", None)
+        if fn is None or fn.restype is not ctypes.c_int32:
+            return None
+        reason = ctypes.create_string_buffer(512)
+        if fn(mctx, model, reason, len(reason)) == 0:
+            return None
+        return reason.value.decode("utf-8", "replace") or "the stage's layout table refuses this pair"
 
     def topv_kept(self, mctx: object) -> np.ndarray | None:
         """Kept indices of the last image (a copy), None if it was not pruned."""
@@ -181,7 +312,7 @@ class LlamaLibs:
     def topv_scores(self, mctx: object) -> np.ndarray | None:
         st = self.topv_stats(mctx)
         ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_scores(mctx)
-        return np.ctypeslib.as_array(ptr, (st.n_tokens,)).copy() if ptr else None
+        return np.ctypeslib.as_array(ptr, (st.n_grid or st.n_tokens,)).copy() if ptr else None
 
     def kv_cell_positions(self, ctx: object, seq_id: int = 0) -> np.ndarray:
         """Positions of the KV cells holding `seq_id`, from llama.cpp's sequence state (llama_state_seq_get_data).
@@ -205,7 +336,7 @@ class LlamaLibs:
         """The probed source (target=False) or target features of the last pruned image, N x d float32."""
         st = self.topv_stats(mctx)
         ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_features(mctx, target)
-        return np.ctypeslib.as_array(ptr, (st.n_tokens, st.n_embd)).copy() if ptr else None
+        return np.ctypeslib.as_array(ptr, (st.n_grid or st.n_tokens, st.n_embd)).copy() if ptr else None
 
 
 def _bind(lib: ctypes.CDLL, name: str, argtypes: list, restype: object) -> None:
@@ -226,8 +357,12 @@ def load() -> LlamaLibs:
     directory = build_dir()
     lib_dir = directory / "lib"
     if not (lib_dir.is_dir() and any(lib_dir.glob("*mtmd*"))):
+        backend = "" if os.environ.get("TOPV_EDGE_LLAMA_DIR") else f" --backend {directory.name.rsplit('-', 1)[-1]}"
         raise LlamaBuildMissing(f"the TopV-patched llama.cpp is not built (expected in {directory}); "
-                                "run scripts/build_llama_cpp.sh (the README's set-up command does)")
+                                f"run scripts/build_llama_cpp.sh{backend} (the README's set-up command does)")
+    stale = stale_build_message(directory)
+    if stale:
+        warnings.warn(stale, stacklevel=2)
     if "llama_cpp" in sys.modules:
         loaded = Path(sys.modules["llama_cpp"].llama_cpp._lib._name).parent  # type: ignore[attr-defined]
         if loaded.resolve() != lib_dir.resolve():
@@ -252,6 +387,13 @@ def load() -> LlamaLibs:
     _bind(m, "mtmd_topv_get_scores", [vp], ctypes.POINTER(ctypes.c_double))
     _bind(m, "mtmd_topv_get_features", [vp, ctypes.c_bool], ctypes.POINTER(ctypes.c_float))
     _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
+    _bind(l, "llama_set_n_layer_limit", [vp, ctypes.c_uint32], None)
+    _bind(l, "llama_get_n_layer_limit", [vp], ctypes.c_uint32)
+    # optional: newer patches only (the family check skips without it)
+    if hasattr(m, "mtmd_topv_check_model"):
+        _bind(m, "mtmd_topv_check_model", [vp, vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int32)
+    if hasattr(m, "mtmd_topv_get_reason"):
+        _bind(m, "mtmd_topv_get_reason", [vp], ctypes.c_char_p)
 
     log = LlamaLog(verbose=False)
     callback = llama_cpp.llama_log_callback(log)

@@ -12,6 +12,15 @@ from ._native import METHODS, TopVParams
 
 PARAM_NAMES: tuple[str, ...] = ("alpha", "beta", "gamma", "sigma", "eps", "tau", "iters", "recover")
 BACKENDS: tuple[str, ...] = ("native", "numba")
+# The reference's reading of each transport method's plan (the C library's method table holds the names;
+# tests/test_pass_parity.py checks that both sides know the same methods).
+READOUTS: dict[str, int] = {
+    "topv": reference.READOUT_SELF,
+    "topv_rowsum": reference.READOUT_ROWSUM,
+    "topv_cost": reference.READOUT_COST,
+    "topv_fcost": reference.READOUT_FCOST,
+}
+BASELINES: tuple[str, ...] = ("uniform", "norm", "divprune", "uniform2d", "distinct")
 
 
 def default_params() -> dict[str, float | int]:
@@ -109,17 +118,22 @@ def select(
 
     source, target: N x d features (the hidden states entering layer Li and the
         post-attention norm output of layer Li); target may be None for the
-        `uniform` and `norm` baselines.
+        baselines (uniform, uniform2d, norm, divprune, distinct), which do not read it.
     grid: (W, H) in tokens. coords: per-token (x, y) arrays; by default the N = W * H
         tokens are in raster order.
     keep: an int is a count K (1..N); a float is a ratio in (0, 1], K = round(ratio * N).
-    method: "topv" (optimal-transport importance, shared/TOPV.md), "uniform" (evenly
-        spaced in raster order) or "norm" (largest source-feature norm).
+    method: a name of METHODS (docs/pass.md): "topv" (optimal-transport importance, read
+        as the share of a token's mass the plan sends to its own target), "topv_rowsum",
+        "topv_cost", "topv_fcost" (other read-outs of the same plan), or a baseline: "uniform" (evenly
+        spaced in raster order), "uniform2d" (an even 2-D lattice), "norm" (largest
+        source-feature norm), "divprune" (greedy max-min cosine diversity), "distinct"
+        (1 - max cosine similarity to the other tokens).
     backend: "native" (the C++ pass) or "numba" (the reference implementation).
     params: alpha, beta, gamma, sigma, eps, tau, iters, recover (defaults: default_params()).
 
     Returns (indices, scores): the K kept token indices, ascending, int64; and the
-    N scores, float64 (higher is kept first; 1/0 for uniform).
+    N scores, float64 (higher is kept first; 1/0 for uniform and uniform2d; K - t for
+    the token divprune picked at step t, 0 for the others).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -127,8 +141,8 @@ def select(
     s = _as_features("source", source)
     n, d = s.shape
     if target is None:
-        if method == "topv":
-            raise ValueError("method 'topv' needs target features")
+        if method in READOUTS:
+            raise ValueError(f"method {method!r} needs target features")
         t = s
     else:
         t = _as_features("target", target)
@@ -152,17 +166,30 @@ def select(
 def _reference_select(s: np.ndarray, t: np.ndarray, xs: np.ndarray, ys: np.ndarray,
                       grid: tuple[int, int], n_keep: int, p: TopVParams) -> tuple[np.ndarray, np.ndarray]:
     n = s.shape[0]
-    if p.method == METHODS["uniform"]:
-        kept = reference.uniform_indices(n, n_keep)
+    method = next(name for name, value in METHODS.items() if value == p.method)
+    if method in ("uniform", "uniform2d"):
+        if method == "uniform":
+            kept = reference.uniform_indices(n, n_keep)
+        else:
+            kept = reference.lattice_indices(xs, ys, grid[0], grid[1], n_keep)
         scores = np.zeros(n)
         scores[kept] = 1.0
         return kept, scores
-    if p.method == METHODS["norm"]:
+    if method == "norm":
         scores = reference.row_norms(s)
         return np.sort(reference.top_indices(scores, n_keep)), scores
+    if method in ("distinct", "divprune"):
+        cos = reference.cosine_matrix(s)
+        if method == "distinct":
+            scores = reference.distinctiveness(cos)
+            return np.sort(reference.top_indices(scores, n_keep)), scores
+        order = reference.divprune_order(cos, n_keep)
+        scores = np.zeros(n)
+        scores[order] = n_keep - np.arange(n_keep)
+        return np.sort(order), scores
     # float32 parameters, exactly as the native pass sees them
     scores = reference.topv_importance(s, t, xs, ys, grid[0], grid[1], p.alpha, p.beta, p.gamma,
-                                       p.sigma, p.eps, p.tau, p.iters)
+                                       p.sigma, p.eps, p.tau, p.iters, READOUTS[method])
     if not np.isfinite(scores).all():
         raise _native.TopVError(_native.STATUS_NUMERIC, _native.status_string(_native.STATUS_NUMERIC))
     return reference.select_with_recovery(scores, n_keep, p.recover), scores

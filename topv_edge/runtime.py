@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,12 +28,61 @@ import numpy as np
 
 from . import llama_libs
 from .chat_templates import LLAVA15_TEMPLATE, compile_chat_template
-from ._native import status_string
+from ._native import METHODS, status_string
 from .pruning import PARAM_NAMES, keep_count, make_params
 
 
 class ChatError(Exception):
     """A problem the user can fix (bad file, bad option): reported in plain words, no traceback."""
+
+
+MAX_THREADS = 512  # GGML_MAX_N_THREADS
+
+
+def check_threads(threads: int | None) -> int:
+    """`threads`, or every core when None; 1..MAX_THREADS."""
+    if threads is None:
+        return llama_libs.default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ChatError(f"--threads must be a whole number from 1 to {MAX_THREADS} (this machine has "
+                        f"{os.cpu_count()} cores), got {threads!r}")
+    return threads
+
+
+# llama.cpp's error lines -> what they mean for the user: (substring, sentence); the first match wins
+_LOAD_CAUSES: tuple[tuple[str, str], ...] = (
+    ("CLIP cannot be used as main model",
+     "{path} is a vision projector (mmproj), not a text model: model and --mmproj are swapped?"),
+    ("mismatch between text model",
+     "the mmproj {mmproj} does not belong to the model {model}: its image embeddings have another width"),
+    ("failed to seek", "{path} is truncated or damaged (its tensor data ends early); download it again"),
+    ("failed to read", "{path} is truncated or damaged (its tensor data ends early); download it again"),
+    ("not within the file bounds", "{path} is truncated or damaged (its tensor data ends early); download it again"),
+    ("failed to allocate", "not enough memory for {what}"),
+    ("unable to allocate", "not enough memory for {what}"),
+    ("out of memory", "not enough memory for {what}"),
+    ("bad_alloc", "not enough memory for {what}"),
+    ("cannot find tensor", "{path} lacks tensors its architecture needs: not a file of this kind, or damaged"),
+    ("unknown model architecture", "{path} has an architecture this llama.cpp does not know"),
+)
+
+
+def explain_llama_error(errors: list[str], **names: str) -> str:
+    """A plain sentence for llama.cpp's error lines of one failing call, with llama.cpp's own first line.
+
+    `names` fills the sentences: path (the file being loaded), model, mmproj, what (what was allocated)."""
+    for needle, sentence in _LOAD_CAUSES:
+        for line in errors:
+            if needle in line:
+                return f"{sentence.format_map(_Names(names))} (llama.cpp: {line})"
+    if errors:
+        return f"llama.cpp said: {errors[0]}"
+    return "llama.cpp refused it without an error message (run with -v to see its log)"
+
+
+class _Names(dict):
+    def __missing__(self, key: str) -> str:
+        return "it"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +97,10 @@ def find_mmproj(model_path: str | Path) -> Path:
         raise ChatError(f"no mmproj found next to {model_path} (a .gguf file whose name contains 'mmproj'); "
                         "pass one with --mmproj")
     if len(candidates) > 1:
-        # prefer the one sharing the model's stem (mmproj-<stem>.gguf), as llama.cpp model repos name them
+        # prefer mmproj-<stem>.gguf (as llama.cpp model repos name them), then the one sharing the model's stem
+        exact = [p for p in candidates if p.stem.lower() in (f"mmproj-{model_path.stem}".lower(), f"{model_path.stem}-mmproj".lower())]
+        if len(exact) == 1:
+            return exact[0]
         same = [p for p in candidates if model_path.stem in p.stem]
         if len(same) == 1:
             return same[0]
@@ -67,10 +120,12 @@ def check_gguf(path: str | Path, what: str) -> Path:
 
 
 def read_image(path: str | Path) -> bytes:
-    """The file's bytes, after checking that Pillow can decode it as an image."""
+    """The file's bytes, after checking that Pillow can decode it as an image ('~' is expanded)."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ChatError(f"{path} is a directory, not an image")
     if not path.is_file():
         raise ChatError(f"image not found: {path}")
     try:
@@ -111,9 +166,22 @@ class TopVOptions:
     def kept_for(self, n_tokens: int) -> int:
         if not self.enabled:
             return n_tokens
-        if isinstance(self.keep, int) and not isinstance(self.keep, bool):
-            return min(self.keep, n_tokens)
+        if self.is_count:
+            return min(int(self.keep), n_tokens)
         return keep_count(n_tokens, float(self.keep))
+
+    @property
+    def is_count(self) -> bool:
+        """True when `keep` is a token count (an int), False for a ratio (a float: 1.0 keeps everything)."""
+        return isinstance(self.keep, int) and not isinstance(self.keep, bool)
+
+    def keep_label(self) -> str:
+        """`keep` unambiguously: '25%' for a ratio, '16 tokens' for a count, 'all' when pruning is off."""
+        if not self.enabled:
+            return "all"
+        if self.is_count:
+            return f"{self.keep} token{'s' if self.keep != 1 else ''}"
+        return f"{100 * float(self.keep):.4g}%"
 
     def validate(self) -> None:
         k = self.keep
@@ -123,8 +191,10 @@ class TopVOptions:
             raise ChatError(f"--keep ratio must be in (0, 1], got {k}")
         if isinstance(k, int) and k < 1:
             raise ChatError(f"--keep count must be at least 1, got {k}")
-        if self.layer < 0:
-            raise ChatError(f"--layer must be >= 0, got {self.layer}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ChatError(f"--layer must be a whole number >= 0, got {self.layer!r}")
+        if self.method not in METHODS:
+            raise ChatError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         unknown = set(self.params) - set(PARAM_NAMES)
         if unknown:
             raise ChatError(f"unknown TopV parameter(s): {', '.join(sorted(unknown))}")
@@ -139,7 +209,11 @@ class ImageReport:
     probe_ms: float
     pass_ms: float
     decode_ms: float      # decode of the kept tokens
-    note: str = ""        # why the stage did not prune, if it did not
+    note: str = ""        # why the stage did not prune ("" exactly when it pruned)
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.n_kept / self.n_tokens if self.n_tokens else 1.0
 
 
 @dataclass
@@ -152,9 +226,16 @@ class TurnReport:
     generate_ms: float
     kv_cells: int         # KV cells in use after the turn (text + kept image tokens + answer)
     n_ctx: int
+    keep: str = "all"     # the requested keep, unambiguous: "25%" (a ratio) or "16 tokens" (a count)
+    keep_ratio: float | None = None  # the requested ratio (None when keep is a count or pruning is off)
+    keep_count: int | None = None    # the requested count (None when keep is a ratio or pruning is off)
+    method: str = "topv"
+    stopped: bool = False  # the answer was cut short by the caller (Ctrl-C in the chat)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        for im, di in zip(self.images, d["images"]):
+            di["kept_fraction"] = im.kept_fraction
         d["image_tokens"] = sum(i.n_tokens for i in self.images)
         d["kept_tokens"] = sum(i.n_kept for i in self.images)
         return d
@@ -181,23 +262,44 @@ def configure_topv(libs: llama_libs.LlamaLibs, mctx: Any, options: TopVOptions, 
 
 
 def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms: float) -> ImageReport:
-    """What the TopV stage did with the image just decoded."""
+    """What the TopV stage did with the image just decoded; every image it did not prune gets a reason."""
     st = libs.topv_stats(mctx)
     pruned = st.result == llama_libs.MTMD_TOPV_PRUNED
-    expected = (llama_libs.MTMD_TOPV_PRUNED, llama_libs.MTMD_TOPV_DISABLED, llama_libs.MTMD_TOPV_KEEP_ALL)
-    note = "" if st.result in expected else libs.topv_result_string(st.result)
+    if pruned:
+        note = ""
+    elif st.result == llama_libs.MTMD_TOPV_KEEP_ALL:
+        p = libs.topv_get_params(mctx)
+        asked = f"{p.keep_count} tokens" if p.keep_count > 0 else f"{100 * p.keep_ratio:.4g}%"
+        note = f"keep ({asked}) covers all {n_tokens} tokens of this image: nothing to prune"
+    else:
+        note = (libs.topv_reason(mctx) or libs.topv_result_string(st.result)
+                or f"the TopV stage declined (result code {st.result})")
     return ImageReport(n_tokens=n_tokens, n_kept=st.n_kept if pruned else n_tokens, pruned=pruned,
                        encode_ms=encode_ms, probe_ms=st.probe_ms, pass_ms=st.pass_ms, decode_ms=st.decode_ms, note=note)
 
 
+def decode_image(libs: llama_libs.LlamaLibs, mctx: Any, lctx: Any, chunk: Any, n_past: int, seq_id: int,
+                 n_batch: int, errors: llama_libs.LogRecorder) -> tuple[int, ImageReport]:
+    """Encode one image chunk, then decode it through the patched helper (the TopV stage prunes there).
+
+    What mtmd_helper_eval_chunk_single does for an image, with the encode timed: (next n_past, report)."""
+    M, L = libs.mtmd_cpp, libs.llama_cpp
+    n_tokens = M.mtmd_input_chunk_get_n_tokens(chunk)
+    t0 = time.perf_counter()
+    rc = M.mtmd_encode_chunk(mctx, chunk)
+    if rc != 0:
+        raise ChatError(f"could not encode the image (code {rc}): {explain_llama_error(errors.errors())}")
+    encode_ms = (time.perf_counter() - t0) * 1e3
+    new_n_past = L.llama_pos(0)
+    rc = M.mtmd_helper_decode_image_chunk(mctx, lctx, chunk, M.mtmd_get_output_embd(mctx), n_past, seq_id, n_batch,
+                                          ctypes.byref(new_n_past), M.mtmd_helper_post_decode_callback(), None)
+    if rc != 0:
+        raise ChatError(f"llama.cpp could not decode the image (code {rc}): {explain_llama_error(errors.errors())}")
+    return new_n_past.value, image_report(libs, mctx, n_tokens, encode_ms)
+
+
 # ---------------------------------------------------------------------------------------------
 # the session
-
-
-@dataclass
-class _Pending:
-    text: str
-    images: list[bytes]
 
 
 class VisionChat:
@@ -222,12 +324,14 @@ class VisionChat:
         if max_tokens < 1:
             raise ChatError(f"--max-tokens must be at least 1, got {max_tokens}")
         self.requested_ctx = n_ctx
-        self.threads = threads or llama_libs.default_threads()
+        self.threads = check_threads(threads)
         self.seed = seed
         self.temp = temp
         self.max_tokens = max_tokens
         self.progress = progress or (lambda msg: None)
         self._stack = contextlib.ExitStack()
+        self.ctx = None  # created at the first turn, sized for what it needs (and grown when an image needs more)
+        self._ctx_parts: list[tuple[Callable[[Any], None], Any]] = []
         try:
             self._lib = llama_libs.load()
         except llama_libs.LlamaBuildMissing as e:
@@ -251,55 +355,71 @@ class VisionChat:
 
     def _load(self) -> None:
         L, M = self.llama, self.mtmd
+        self.progress(f"loading {self.model_path.name} and {self.mmproj_path.name}...")
         mparams = L.llama_model_default_params()
-        with self.log.capture() as errors:
+        with self.log.capture() as log:
             self.model = L.llama_model_load_from_file(str(self.model_path).encode(), mparams)
         if not self.model:
-            raise ChatError(f"could not load the model {self.model_path}: {errors.last() or 'llama.cpp refused it'}")
+            why = explain_llama_error(log.errors(), path=str(self.model_path), model=self.model_path.name,
+                                      mmproj=self.mmproj_path.name, what="the model")
+            raise ChatError(f"could not load the model {self.model_path}: {why}")
         self._stack.callback(L.llama_model_free, self.model)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_layer = L.llama_model_n_layer(self.model)
-        if self.topv.enabled and self.topv.layer >= self.n_layer:
-            raise ChatError(f"--layer {self.topv.layer} is beyond the model's depth ({self.n_layer} layers: 0..{self.n_layer - 1})")
+        # the stage probes the input and the post-attention norm of layer Li; the last layer's norm sees only
+        # the output rows, so Li runs 0..n_layer-2 (checked here, where the depth is first known)
+        if self.topv.enabled and self.topv.layer > self.n_layer - 2:
+            raise ChatError(f"--layer {self.topv.layer} is beyond what TopV can probe in this model: it has "
+                            f"{self.n_layer} layers, so --layer must be 0..{max(0, self.n_layer - 2)}")
 
         cparams = M.mtmd_context_params_default()
         cparams.use_gpu = True
         cparams.print_timings = False
         cparams.n_threads = self.threads
         cparams.warmup = False
-        with self.log.capture() as errors:
+        with self.log.capture() as log:
             self.mctx = M.mtmd_init_from_file(str(self.mmproj_path).encode(), self.model, cparams)
         if not self.mctx:
-            reason = errors.last() or "llama.cpp refused it"
-            if "mismatch" in reason:
-                raise ChatError(f"the mmproj {self.mmproj_path.name} does not match the model {self.model_path.name}: {reason}")
-            raise ChatError(f"could not load the mmproj {self.mmproj_path}: {reason}")
+            raise ChatError(f"could not load the mmproj {self.mmproj_path}: {self._mmproj_error(log.errors())}")
         self._stack.callback(M.mtmd_free, self.mctx)
         if not M.mtmd_support_vision(self.mctx):
             raise ChatError(f"{self.mmproj_path.name} has no vision encoder")
-        # llama.cpp checks the widths only; a Qwen-VL projector (M-RoPE image positions) on an ordinary-RoPE
-        # model or the reverse loads, but places every image token wrongly
-        model_mrope = L.llama_model_rope_type(self.model) in (8, 40)  # LLAMA_ROPE_TYPE_MROPE, _IMROPE
-        projector = _projector_type(self.mmproj_path)
-        if projector is not None and ("qwen" in projector and "vl" in projector) != model_mrope:
-            raise ChatError(f"the mmproj {self.mmproj_path.name} ({projector} projector) does not match the model "
-                            f"{self.model_path.name} ({'M-RoPE' if model_mrope else 'ordinary RoPE'} positions)")
+        # llama.cpp checks the widths only; the stage's layout table (one per projector type, in C) knows which
+        # text models each projector pairs with (e.g. M-RoPE image positions for Qwen2-VL)
+        reason = self._lib.topv_check_model(self.mctx, self.model)
+        if reason is not None:
+            raise ChatError(f"the mmproj {self.mmproj_path.name} does not match the model {self.model_path.name}: "
+                            f"{reason}")
         self.marker = M.mtmd_default_marker().decode()
         self.template = self._load_template()
-        self.ctx = None  # created at the first turn, sized for what it needs
         self._apply_topv()
+        self.progress("")
+
+    def _mmproj_error(self, errors: list[str]) -> str:
+        names = dict(path=str(self.mmproj_path), model=self.model_path.name, mmproj=self.mmproj_path.name,
+                     what="the vision encoder")
+        why = explain_llama_error(errors, **names)
+        if why.startswith("llama.cpp said") and _gguf_architecture(self.mmproj_path) not in (None, "clip"):
+            # a text model given as the mmproj: clip only says which key it missed
+            arch = _gguf_architecture(self.mmproj_path)
+            why = f"{self.mmproj_path} is a text model ({arch}), not an mmproj (a vision projector); {why}"
+        return why
 
     def _apply_topv(self) -> None:
         configure_topv(self._lib, self.mctx, self.topv, self.threads)
 
     def set_topv(self, options: TopVOptions) -> None:
-        """Prune later images with other options (the images already in the conversation stay as they are).
-
-        The context keeps the size it got at the first turn; /reset-style use (evaluation loops) is the
-        intended case."""
+        """Prune later images with other options (the images already in the conversation stay as they are)."""
         options.validate()
+        if options.enabled and options.layer > self.n_layer - 2:
+            raise ChatError(f"--layer {options.layer}: this model has {self.n_layer} layers, TopV probes 0..{self.n_layer - 2}")
         self.topv = options
         self._apply_topv()
+
+    @property
+    def n_images(self) -> int:
+        """Pictures in the conversation so far."""
+        return len(self._images)
 
     def _load_template(self):
         buf = ctypes.create_string_buffer(1 << 16)
@@ -307,26 +427,40 @@ class VisionChat:
         return compile_chat_template(buf.value.decode("utf-8", "replace") if n > 0 else LLAVA15_TEMPLATE)
 
     def _create_context(self, n_cells_needed: int, n_ubatch: int) -> None:
+        """A context of --ctx (or what the prompt needs) whose batch holds the largest image in one ubatch."""
         L = self.llama
+        self._free_context()
         n_ctx = self.requested_ctx or _round_up(n_cells_needed + self.max_tokens + 256, 256)
+        n_ubatch = max(512, n_ubatch)  # the probe needs a whole image in one ubatch
         p = L.llama_context_default_params()
-        p.n_ctx = n_ctx
-        p.n_batch = max(512, n_ubatch)
-        p.n_ubatch = max(512, n_ubatch)  # the probe needs a whole image in one ubatch
+        # llama.cpp caps n_batch at the n_ctx asked for, then rounds n_ctx up to 256: ask for at least the batch
+        # when the rounding gives that much anyway (--ctx 100 is a context of 256 whose batch holds an image)
+        p.n_ctx = max(n_ctx, min(n_ubatch, _round_up(n_ctx, 256)))
+        p.n_batch = n_ubatch
+        p.n_ubatch = n_ubatch
         p.n_threads = self.threads
         p.n_threads_batch = self.threads
         p.no_perf = True
-        with self.log.capture() as errors:
-            self.ctx = L.llama_init_from_model(self.model, p)
-        if not self.ctx:
-            raise ChatError(f"could not create a context of {n_ctx} tokens: {errors.last() or 'out of memory?'}")
-        self._stack.callback(L.llama_free, self.ctx)
-        self.n_ctx = L.llama_n_ctx(self.ctx)
-        self.n_batch = L.llama_n_batch(self.ctx)  # llama.cpp caps n_batch at n_ctx
+        with self.log.capture() as log:
+            ctx = L.llama_init_from_model(self.model, p)
+        if not ctx:
+            why = explain_llama_error(log.errors(), what=f"a context of {n_ctx} tokens (use a smaller --ctx)")
+            raise ChatError(f"could not create a context of {n_ctx} tokens: {why}")
+        self.ctx = ctx
+        self._ctx_parts.append((L.llama_free, ctx))
+        self.n_ctx = L.llama_n_ctx(ctx)
+        self.n_batch = L.llama_n_batch(ctx)  # llama.cpp caps n_batch (and so n_ubatch) at n_ctx
+        self.n_ubatch = L.llama_n_ubatch(ctx)
         self.sampler = self._make_sampler()
-        self._stack.callback(L.llama_sampler_free, self.sampler)
+        self._ctx_parts.append((L.llama_sampler_free, self.sampler))
         self._batch = L.llama_batch_init(1, 0, 1)
-        self._stack.callback(L.llama_batch_free, self._batch)
+        self._ctx_parts.append((L.llama_batch_free, self._batch))
+
+    def _free_context(self) -> None:
+        while self._ctx_parts:
+            free, obj = self._ctx_parts.pop()
+            free(obj)
+        self.ctx = None
 
     def _make_sampler(self):
         L = self.llama
@@ -344,7 +478,7 @@ class VisionChat:
     # -- conversation --------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the conversation (the KV cache is cleared; the model stays loaded)."""
+        """Forget the conversation and its pictures (the KV cache is cleared; the model stays loaded)."""
         self.messages = []
         self._images = []
         self._clear_cache()
@@ -354,39 +488,63 @@ class VisionChat:
     def add_user_message(self, text: str, images: list[str | Path] | tuple = ()) -> tuple[list[ImageReport], int, float]:
         """Evaluate a user message (images are encoded, pruned and decoded): (image reports, text tokens, ms).
 
-        After it, the model is ready to answer: `logits()` are the next-token logits, `generate()` samples."""
+        After it, the model is ready to answer: `logits()` are the next-token logits, `generate()` samples.
+        If it fails (ChatError), the conversation is as it was before the call."""
         image_bytes = [read_image(p) for p in images]
         content: list[dict[str, str]] = [{"type": "text", "text": self.marker} for _ in image_bytes]
         content.append({"type": "text", "text": text})
         messages = self.messages + [{"role": "user", "content": content}]
         prompt = self._render(messages)
-        if self._evaluated_text and prompt.startswith(self._evaluated_text):
-            delta, delta_images = prompt[len(self._evaluated_text):], image_bytes
+        incremental = bool(self._evaluated_text) and prompt.startswith(self._evaluated_text) and self.ctx is not None
+        if incremental:
+            chunks = self._tokenize(prompt[len(self._evaluated_text):], image_bytes)
         else:  # first turn, or the template rewrote earlier turns: evaluate everything
             self._clear_cache()
-            delta, delta_images = prompt, self._images + image_bytes
-        chunks = self._tokenize(delta, delta_images)
+            chunks = self._tokenize(prompt, self._images + image_bytes)
         try:
-            result = self._prefill(chunks)
+            plan = self._plan(chunks)
+            if self.ctx is None:
+                self._create_context(self._cells(plan)[1], self._max_image(plan))
+            elif not self._context_fits(plan) and (self.requested_ctx is None or self._ubatch_short(plan)):
+                # grow the context (its batch must hold a new, larger image whole) and evaluate the whole
+                # conversation again in it: pruning never turns off for want of a batch
+                needed = (self.kv_cells if incremental else 0) + self._cells(plan)[1]
+                max_image = max(self._max_image(plan), self.n_ubatch)
+                self.mtmd.mtmd_input_chunks_free(chunks)
+                chunks = None
+                self._create_context(needed, max_image)
+                self._clear_cache()
+                chunks = self._tokenize(prompt, self._images + image_bytes)
+                plan = self._plan(chunks)
+            self._check_room(plan)
+            result = self._prefill(plan)
         finally:
-            self.mtmd.mtmd_input_chunks_free(chunks)
+            if chunks is not None:
+                self.mtmd.mtmd_input_chunks_free(chunks)
         self.messages = messages
         self._images += image_bytes
         self._evaluated_text = prompt
         return result
 
-    def ask(self, text: str, images: list[str | Path] | tuple = (),
-            on_token: Callable[[str], None] | None = None) -> tuple[str, TurnReport]:
-        """Add a user message (text and images), generate the answer; returns it with a report."""
+    def ask(self, text: str, images: list[str | Path] | tuple = (), on_token: Callable[[str], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> tuple[str, TurnReport]:
+        """Add a user message (text and images), generate the answer; returns it with a report.
+
+        `stop()` is asked before each answer token: True ends the answer there (it stays in the conversation,
+        cut short, and the report says `stopped`)."""
         t_start = time.perf_counter()
         report_images, n_text, prefill_ms = self.add_user_message(text, images)
-        answer, n_gen, ttft_ms, gen_ms = self._generate(on_token, t_start)
+        answer, n_gen, ttft_ms, gen_ms, stopped = self._generate(on_token, t_start, stop)
         self.messages.append({"role": "assistant", "content": answer})
         self._evaluated_text = self._text_through_answer(answer)
         if not self._evaluated_text:
             self._clear_cache()
+        t = self.topv
         report = TurnReport(images=report_images, text_tokens=n_text, prefill_ms=prefill_ms, ttft_ms=ttft_ms,
-                            generated_tokens=n_gen, generate_ms=gen_ms, kv_cells=self.kv_cells, n_ctx=self.n_ctx)
+                            generated_tokens=n_gen, generate_ms=gen_ms, kv_cells=self.kv_cells, n_ctx=self.n_ctx,
+                            keep=t.keep_label(), keep_ratio=None if (t.is_count or not t.enabled) else float(t.keep),
+                            keep_count=int(t.keep) if (t.is_count and t.enabled) else None, method=t.method,
+                            stopped=stopped)
         return answer, report
 
     def logits(self) -> np.ndarray:
@@ -442,90 +600,126 @@ class VisionChat:
             inp.parse_special = True
             chunks = M.mtmd_input_chunks_init()
             arr = (M.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
-            with self.log.capture() as errors:
+            with self.log.capture() as log:
                 rc = M.mtmd_tokenize(self.mctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
             if rc != 0:
                 M.mtmd_input_chunks_free(chunks)
-                raise ChatError(f"could not tokenise the prompt with its images (code {rc}): {errors.last()}")
+                if rc == 1:
+                    raise ChatError(f"the prompt has {len(bitmaps)} picture(s) but the chat template placed a "
+                                    f"different number of image markers")
+                raise ChatError(f"could not tokenise the prompt with its images (code {rc}): "
+                                f"{explain_llama_error(log.errors())}")
             return chunks
         finally:
             for bm in bitmaps:
                 M.mtmd_bitmap_free(bm)
 
-    def _prefill(self, chunks) -> tuple[list[ImageReport], int, float]:
+    # -- prefill -------------------------------------------------------------------------------
+
+    def _plan(self, chunks) -> list[tuple[Any, bool, int, int]]:
+        """(chunk, is_image, n_tokens, cells it will take) per chunk."""
         M = self.mtmd
-        n_chunks = M.mtmd_input_chunks_size(chunks)
-        plan = []  # (chunk, is_image, n_tokens, cells it will take)
-        for i in range(n_chunks):
+        plan = []
+        for i in range(M.mtmd_input_chunks_size(chunks)):
             chunk = M.mtmd_input_chunks_get(chunks, i)
             n = M.mtmd_input_chunk_get_n_tokens(chunk)
             is_image = M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_IMAGE
             plan.append((chunk, is_image, n, self.topv.kept_for(n) if is_image else n))
+        if plan and plan[-1][1]:
+            raise ChatError("the chat template ends the prompt with an image; the model needs text after it")
+        return plan
+
+    @staticmethod
+    def _cells(plan) -> tuple[int, int]:
+        """(cells the chunks take, peak cells while they are evaluated).
+
+        The probe decodes a whole image before it is pruned: for a moment the cache holds the cells before
+        the image plus all of its tokens."""
         needed = sum(p[3] for p in plan)
-        # the probe decodes a whole image before it is pruned: for a moment the cache holds the cells
-        # before the image plus all of its tokens
         peak, cells = needed, 0
         for _, is_image, n, kept in plan:
             if is_image and kept < n:
                 peak = max(peak, cells + n)
             cells += kept
-        max_image = max((p[2] for p in plan if p[1]), default=0)
-        if self.ctx is None:
-            self._create_context(max(needed, peak), max_image)
-        if self.kv_cells + max(needed, peak) + 1 > self.n_ctx:
-            raise ChatError(f"the prompt needs {max(needed, peak)} more KV cells (images are probed whole before "
+        return needed, peak
+
+    @staticmethod
+    def _max_image(plan) -> int:
+        return max((p[2] for p in plan if p[1]), default=0)
+
+    def _ubatch_short(self, plan) -> bool:
+        """True when an image the stage would prune is larger than the context's ubatch."""
+        return self.ctx is not None and any(is_image and kept < n and n > self.n_ubatch for _, is_image, n, kept in plan)
+
+    def _context_fits(self, plan) -> bool:
+        return (self.ctx is not None and not self._ubatch_short(plan)
+                and self.kv_cells + self._cells(plan)[1] + 1 <= self.n_ctx)
+
+    def _check_room(self, plan) -> None:
+        short = [n for _, is_image, n, kept in plan if is_image and kept < n and n > self.n_ubatch]
+        if short:
+            raise ChatError(f"an image has {max(short)} tokens but the batch of a context of {self.n_ctx} holds "
+                            f"{self.n_ubatch}; the probe decodes an image whole, so start with a larger --ctx "
+                            f"(or none: it is sized automatically)")
+        peak = self._cells(plan)[1]
+        if self.kv_cells + peak + 1 > self.n_ctx:
+            raise ChatError(f"the prompt needs {peak} more KV cells (images are probed whole before "
                             f"pruning) but the context has {self.n_ctx - self.kv_cells} free of {self.n_ctx}; "
                             "start with a larger --ctx, a smaller --keep, or /reset")
+
+    def _prefill(self, plan) -> tuple[list[ImageReport], int, float]:
+        M = self.mtmd
         reports: list[ImageReport] = []
         n_text = 0
         t0 = time.perf_counter()
-        if plan and plan[-1][1]:
-            raise ChatError("the chat template ends the prompt with an image; the model needs text after it")
-        for idx, (chunk, is_image, n, _) in enumerate(plan):
-            new_n_past = self.llama.llama_pos(self.n_past)  # the helper adds the chunk's tokens to it
-            with self.log.capture() as errors:
-                if is_image:
-                    reports.append(self._eval_image(chunk, n, errors))
-                    self.kv_cells += reports[-1].n_kept
-                    continue
-                rc = M.mtmd_helper_eval_chunk_single(self.mctx, self.ctx, chunk, self.n_past, 0, self.n_batch,
-                                                     idx == len(plan) - 1, ctypes.byref(new_n_past))
-            if rc != 0:
-                raise ChatError(f"llama.cpp could not evaluate the prompt (code {rc}): {errors.last()}")
-            self.n_past = new_n_past.value
-            n_text += n
-            self.kv_cells += n
+        before = (self.n_past, self.kv_cells)
+        try:
+            for idx, (chunk, is_image, n, _) in enumerate(plan):
+                with self.log.capture() as log:
+                    if is_image:
+                        self.progress(f"encoding and prefilling an image ({n} tokens"
+                                      f"{', pruning' if self.topv.enabled else ''})...")
+                        self.n_past, report = decode_image(self._lib, self.mctx, self.ctx, chunk, self.n_past, 0,
+                                                           self.n_batch, log)
+                        self.progress("")
+                        reports.append(report)
+                        self.kv_cells += report.n_kept
+                        continue
+                    new_n_past = self.llama.llama_pos(self.n_past)  # the helper adds the chunk's tokens to it
+                    rc = M.mtmd_helper_eval_chunk_single(self.mctx, self.ctx, chunk, self.n_past, 0, self.n_batch,
+                                                         idx == len(plan) - 1, ctypes.byref(new_n_past))
+                if rc != 0:
+                    raise ChatError(f"llama.cpp could not evaluate the prompt (code {rc}): "
+                                    f"{explain_llama_error(log.errors())}")
+                self.n_past = new_n_past.value
+                n_text += n
+                self.kv_cells += n
+        except BaseException:
+            # leave the cache as it was before this message: a failed turn must not poison the next one
+            self.progress("")
+            self.llama.llama_memory_seq_rm(self.llama.llama_get_memory(self.ctx), 0, before[0], -1)
+            self.n_past, self.kv_cells = before
+            if before == (0, 0):
+                self._evaluated_text = ""
+            raise
         prefill_ms = (time.perf_counter() - t0) * 1e3
         return reports, n_text, prefill_ms
 
-    def _eval_image(self, chunk, n_tokens: int, errors) -> ImageReport:
-        """Encode one image chunk, then decode it through the patched helper (the TopV stage)."""
-        M = self.mtmd
-        self.progress(f"encoding an image ({n_tokens} tokens)...")
-        t0 = time.perf_counter()
-        rc = M.mtmd_encode_chunk(self.mctx, chunk)
-        if rc != 0:
-            raise ChatError(f"could not encode the image (code {rc}): {errors.last()}")
-        encode_ms = (time.perf_counter() - t0) * 1e3
-        self.progress(f"prefilling the image ({n_tokens} tokens{', pruning' if self.topv.enabled else ''})...")
-        new_n_past = self.llama.llama_pos(0)
-        rc = M.mtmd_helper_decode_image_chunk(self.mctx, self.ctx, chunk, M.mtmd_get_output_embd(self.mctx),
-                                              self.n_past, 0, self.n_batch, ctypes.byref(new_n_past),
-                                              M.mtmd_helper_post_decode_callback(), None)
-        self.progress("")
-        if rc != 0:
-            raise ChatError(f"llama.cpp could not decode the image (code {rc}): {errors.last()}")
-        self.n_past = new_n_past.value
-        return image_report(self._lib, self.mctx, n_tokens, encode_ms)
+    # -- the answer ----------------------------------------------------------------------------
 
-    def _generate(self, on_token: Callable[[str], None] | None, t_start: float) -> tuple[str, int, float, float]:
+    def _generate(self, on_token: Callable[[str], None] | None, t_start: float,
+                  stop: Callable[[], bool] | None) -> tuple[str, int, float, float, bool]:
         L = self.llama
         out = bytearray()
         emitted = 0
         ttft = math.nan
         t0 = time.perf_counter()
         n_gen = 0
+        stopped = False
         while n_gen < self.max_tokens and self.kv_cells < self.n_ctx:
+            if stop is not None and stop():
+                stopped = True
+                break
             tok = L.llama_sampler_sample(self.sampler, self.ctx, -1)
             if n_gen == 0:
                 ttft = (time.perf_counter() - t_start) * 1e3
@@ -533,12 +727,13 @@ class VisionChat:
                 break
             n_gen += 1
             out += _token_bytes(L, self.vocab, tok)
-            text = out.decode("utf-8", "ignore")
+            # SentencePiece vocabularies start a word with a space: the answer itself starts at its first letter
+            text = out.decode("utf-8", "ignore").lstrip()
             if on_token and len(text) > emitted:
                 on_token(text[emitted:])
                 emitted = len(text)
             self._decode_token(tok)
-        return out.decode("utf-8", "replace"), n_gen, ttft, (time.perf_counter() - t0) * 1e3
+        return out.decode("utf-8", "replace").lstrip(), n_gen, ttft, (time.perf_counter() - t0) * 1e3, stopped
 
     def _decode_token(self, tok: int) -> None:
         # an explicit position: after a pruned image, positions run ahead of the cell count
@@ -569,6 +764,7 @@ class VisionChat:
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._free_context()
         self._stack.close()
 
     def __enter__(self) -> "VisionChat":
@@ -578,11 +774,14 @@ class VisionChat:
         self.close()
 
 
-def _projector_type(mmproj: Path) -> str | None:
-    """clip.projector_type of an mmproj file (None if absent)."""
+def _gguf_architecture(path: Path) -> str | None:
+    """general.architecture of a GGUF file (None if absent or unreadable)."""
     import gguf
 
-    field = gguf.GGUFReader(str(mmproj)).get_field("clip.projector_type")
+    try:
+        field = gguf.GGUFReader(str(path)).get_field("general.architecture")
+    except Exception:  # a damaged file: llama.cpp's own message says more
+        return None
     return field.contents() if field is not None else None
 
 

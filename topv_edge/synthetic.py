@@ -1,13 +1,16 @@
 """The project's GGUF writer: vision-language model pairs (text model + mmproj) in the layouts llama.cpp
 loads at the pinned commit, from given weights (a trained model) or random ones (tests, benchmarks).
 
-    python -m topv_edge.synthetic --family llava --preset tiny -o models/
+    python -m topv_edge.synthetic --family qwen3vl --preset tiny -o models/
+    python -m topv_edge.synthetic --family qwen3vl --preset 4b --quantize Q4_K_M -o models/
 
-Families: `llava` (LLaVA-1.5: text arch `llama`, projector `mlp`, CLIP ViT without class embedding),
-`qwen2vl` (text arch `qwen2vl` with M-RoPE sections, projector `qwen2vl_merger`, 2x2-merged patches) and
-`gemma3` (text arch `gemma3`, projector `gemma3`: SigLIP, average-pooled patches, non-causal image attention).
-Weights are numpy arrays in PyTorch's convention (a Linear weight is [out, in]); the writer stores them
-as GGUF expects (ggml's ne is the reverse of numpy's shape). Same seed, same bytes.
+Families (what each reproduces: docs/families.md): `llava` (LLaVA-1.5: text arch `llama`, projector `mlp`;
+`--class-embedding` gives its real CLIP tower with the class token), `gemma3`, `gemma4` (projector `gemma4v`,
+dynamic non-square grid), `qwen2vl`, `qwen25vl` (`qwen2.5vl_merger`, window attention), `qwen3vl`
+(`qwen3vl_merger` with deepstack, IM-RoPE), `qwen35` (hybrid recurrent text arch `qwen35`) and `pixtral`
+([IMG_BREAK] after every row). Weights are numpy arrays in PyTorch's convention (a Linear weight is
+[out, in]); the writer stores them as GGUF expects (ggml's ne is the reverse of numpy's shape). Same seed,
+same bytes.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 
-from .chat_templates import CHATML_TEMPLATE, GEMMA_TEMPLATE, LLAVA15_TEMPLATE
+from .chat_templates import CHATML_TEMPLATE, GEMMA4_TEMPLATE, GEMMA_TEMPLATE, LLAVA15_TEMPLATE, MISTRAL_TEMPLATE
 
-WRITER_VERSION = 2  # bump when the bytes write_pair produces change (invalidates cached pairs)
+WRITER_VERSION = 3  # bump when the bytes write_pair produces change (invalidates cached pairs)
 FINGERPRINT_KEY = "topv_edge.synthetic.fingerprint"
 
 # ----------------------------------------------------------------------------------------------------
@@ -30,7 +33,7 @@ FINGERPRINT_KEY = "topv_edge.synthetic.fingerprint"
 
 @dataclass(frozen=True)
 class TextConfig:
-    arch: str = "llama"          # llama | qwen2vl | gemma3
+    arch: str = "llama"          # llama | qwen2vl | qwen3vl | qwen35 | gemma3 | gemma4
     n_embd: int = 128
     n_ff: int = 352              # != n_embd (llama.cpp swaps ffn_up/ffn_down when they are equal)
     n_layer: int = 4
@@ -39,16 +42,47 @@ class TextConfig:
     rope_base: float = 10000.0
     rms_eps: float = 1e-5
     n_ctx_train: int = 4096
-    rope_sections: tuple[int, int, int, int] = (0, 0, 0, 0)  # qwen2vl: M-RoPE sections (t, h, w, 0), in pairs
+    rope_sections: tuple[int, int, int, int] = (0, 0, 0, 0)  # M-RoPE / IM-RoPE sections (t, h, w, e), in pairs
+    n_embd_head: int = 0         # 0: n_embd // n_head (Qwen3 and Gemma heads are wider than that)
+    tied_output: bool = False    # no output.weight: the LM head is token_embd (gemma* always)
+    n_deepstack: int = 0         # qwen3vl: image rows carry n_deepstack extra n_embd slices, added after layer il
+    rope_dim: int = 0            # 0: the whole head; qwen35 rotates a quarter of it
+    # qwen35 gated delta-net layers (every layer but each full_attn_interval-th)
+    ssm_conv: int = 4
+    ssm_state: int = 0           # head dim of the linear-attention keys and values
+    ssm_groups: int = 0          # key heads
+    ssm_v_heads: int = 0         # value heads
+    full_attn_interval: int = 4
+    # gemma4: which layers use sliding-window attention, their head width and window
+    swa_pattern: tuple[bool, ...] = ()
+    n_embd_head_swa: int = 0
+    n_head_kv_global: int = 0    # gemma4: KV heads of the global layers (0: n_head_kv)
+    sliding_window: int = 0      # gemma3/gemma4: attention.sliding_window (gemma3: 0 writes none, no SWA)
+    rope_base_swa: float = 10000.0
+    rope_partial_global: float = 0.25  # gemma4: the global layers rotate this share of their head
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.n_embd_head or self.n_embd // self.n_head
+
+    def layer_head_dim(self, il: int) -> int:
+        """Head width of layer il (gemma4: the sliding-window layers are narrower)."""
+        if self.arch == "gemma4" and self.swa_pattern[il]:
+            return self.n_embd_head_swa
+        return self.head_dim
+
+    def layer_head_kv(self, il: int) -> int:
+        if self.arch == "gemma4" and not self.swa_pattern[il] and self.n_head_kv_global:
+            return self.n_head_kv_global
+        return self.n_head_kv
+
+    def is_recurrent(self, il: int) -> bool:
+        return self.arch == "qwen35" and (il + 1) % self.full_attn_interval != 0
 
 
 @dataclass(frozen=True)
 class VisionConfig:
-    projector: str = "mlp"       # mlp | qwen2vl_merger | gemma3
+    projector: str = "mlp"       # mlp | gemma3 | gemma4v | qwen2vl_merger | qwen2.5vl_merger | qwen3vl_merger | pixtral
     image_size: int = 112
     patch_size: int = 14
     n_embd: int = 64
@@ -57,19 +91,23 @@ class VisionConfig:
     n_head: int = 4
     ln_eps: float = 1e-5
     proj_hidden: int = 128       # mlp: width between mm.0 and mm.2
-    spatial_merge: int = 2       # qwen2vl_merger: merge s x s patches into one token; gemma3: average-pool s x s
+    spatial_merge: int = 2       # qwen*: s x s patches per token; gemma3/gemma4v: s x s average pool; pixtral: patch merger (1: none)
     class_embedding: bool = False
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    hidden_act: str = "gelu"     # gelu (use_gelu) | silu (use_silu) | quick_gelu (neither key: llama.cpp's default)
+    patch_bias: bool = True      # mlp: a bias on the patch convolution (HF CLIP has none)
+    n_wa_pattern: int = 0        # qwen2.5vl_merger: every n-th block attends globally, the others in 112 px windows
+    deepstack: tuple[int, ...] = ()  # qwen3vl_merger: blocks whose output feeds a deepstack merger
+    pos_size: int = 0            # qwen3vl_merger: side of the learned position grid; gemma4v: rows of each x/y table
 
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
 
     def n_image_tokens(self) -> int:
-        """Image tokens per picture (fixed-size families; qwen2vl at image_size x image_size)."""
-        g = self.grid
-        return g * g if self.projector == "mlp" else (g // self.spatial_merge) ** 2
+        """Image tokens per picture of image_size x image_size."""
+        return image_layout(self, self.image_size, self.image_size).n_tokens
 
 
 @dataclass(frozen=True)
@@ -79,6 +117,66 @@ class ModelConfig:
     vision: VisionConfig
     dtype: str = "f32"           # f32 | f16 for the big matrices
 
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """What llama.cpp makes of one picture: the token grid (nx columns, ny rows) and the chunk's tokens."""
+    width: int                   # the picture after llama.cpp's resize
+    height: int
+    nx: int
+    ny: int
+    n_tokens: int                # nx * ny, plus pixtral's [IMG_BREAK] after every row but the last
+
+
+def _smart_resize(w: int, h: int, align: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    # tools/mtmd/mtmd-image.cpp calc_size_preserved_ratio (float arithmetic as there; std::round is half-up)
+    def rnd(x: float) -> int:
+        return int(np.floor(np.float32(x) / np.float32(align) + np.float32(0.5))) * align
+
+    wb, hb = max(align, rnd(w)), max(align, rnd(h))
+    if wb * hb > max_pixels:
+        beta = float(np.sqrt(np.float32(h) * np.float32(w) / np.float32(max_pixels)))
+        hb = max(align, int(np.floor(np.float32(h / beta) / align)) * align)
+        wb = max(align, int(np.floor(np.float32(w / beta) / align)) * align)
+    elif wb * hb < min_pixels:
+        beta = float(np.sqrt(np.float32(min_pixels) / (np.float32(h) * np.float32(w))))
+        hb = int(np.ceil(np.float32(h * beta) / align)) * align
+        wb = int(np.ceil(np.float32(w * beta) / align)) * align
+    return wb, hb
+
+
+# per projector: (image tokens min, max) of llama.cpp's dynamic-size preprocessing (clip.cpp set_limit_image_tokens)
+_DYNAMIC_TOKEN_LIMITS = {"qwen2vl_merger": (8, 4096), "qwen2.5vl_merger": (8, 4096), "qwen3vl_merger": (8, 4096),
+                         "pixtral": (8, 1024), "gemma4v": (70, 1120)}
+
+
+def image_layout(cfg: VisionConfig, width: int, height: int) -> ImageLayout:
+    """The token grid llama.cpp gives a width x height picture (one chunk; the families here never tile)."""
+    if cfg.projector in _DYNAMIC_TOKEN_LIMITS:
+        lo, hi = _DYNAMIC_TOKEN_LIMITS[cfg.projector]
+        merge = cfg.spatial_merge if cfg.projector != "gemma4v" else cfg.spatial_merge
+        align = cfg.patch_size * merge
+        w, h = _smart_resize(width, height, align, lo * align * align, hi * align * align)
+        nx, ny = w // align, h // align
+        n = nx * ny + (ny - 1 if cfg.projector == "pixtral" else 0)
+        return ImageLayout(w, h, nx, ny, n)
+    g = cfg.grid // (cfg.spatial_merge if cfg.projector == "gemma3" else 1)
+    return ImageLayout(cfg.image_size, cfg.image_size, g, g, g * g)
+
+
+# family -> text architecture, projector (the layouts of the real GGUFs named in docs/families.md)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "llava": ("llama", "mlp"),
+    "gemma3": ("gemma3", "gemma3"),
+    "gemma4": ("gemma4", "gemma4v"),
+    "qwen2vl": ("qwen2vl", "qwen2vl_merger"),
+    "qwen25vl": ("qwen2vl", "qwen2.5vl_merger"),
+    "qwen3vl": ("qwen3vl", "qwen3vl_merger"),
+    "qwen35": ("qwen35", "qwen3vl_merger"),
+    "pixtral": ("llama", "pixtral"),
+}
+
+_SIGLIP = dict(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
 
 PRESETS: dict[tuple[str, str], ModelConfig] = {
     ("llava", "tiny"): ModelConfig("llava", TextConfig(), VisionConfig()),
@@ -93,21 +191,86 @@ PRESETS: dict[tuple[str, str], ModelConfig] = {
         TextConfig(arch="qwen2vl", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e6,
                    rope_sections=(4, 6, 6, 0)),
         VisionConfig(projector="qwen2vl_merger", image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=2,
-                     n_head=4, ln_eps=1e-6, image_mean=(0.48145466, 0.4578275, 0.40821073))),
+                     n_head=4, ln_eps=1e-6, hidden_act="quick_gelu")),
+    # Qwen2.5-VL: Qwen2-VL's text model; RMS-norm ViT with SiLU-gated FFNs, window attention (full every 2nd
+    # block here, every 8th in the real 3B/7B)
+    ("qwen25vl", "tiny"): ModelConfig(
+        "qwen25vl",
+        TextConfig(arch="qwen2vl", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e6,
+                   rope_sections=(4, 6, 6, 0), rms_eps=1e-6),
+        VisionConfig(projector="qwen2.5vl_merger", image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=4,
+                     n_head=4, ln_eps=1e-6, hidden_act="silu", n_wa_pattern=2)),
+    # Qwen3-VL: Qwen3 text (q/k norms, 32-wide heads over a 128-wide model, tied LM head), IM-RoPE, deepstack
+    # after text layers 0 and 1 from ViT blocks 1 and 2 (real 4B: 3 of 24 blocks)
+    ("qwen3vl", "tiny"): ModelConfig(
+        "qwen3vl",
+        TextConfig(arch="qwen3vl", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=5e6,
+                   rope_sections=(8, 8, 8, 0), rms_eps=1e-6, n_embd_head=48, tied_output=True, n_deepstack=2),
+        VisionConfig(projector="qwen3vl_merger", image_size=256, patch_size=16, n_embd=64, n_ff=160, n_layer=4,
+                     n_head=4, ln_eps=1e-6, deepstack=(1, 2), pos_size=16, **_SIGLIP)),
+    # Qwen3.5: hybrid text model (gated delta-net layers, every 4th layer full attention with a gated query),
+    # IM-RoPE on a quarter of each head; the Qwen3-VL encoder without deepstack
+    ("qwen35", "tiny"): ModelConfig(
+        "qwen35",
+        TextConfig(arch="qwen35", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e7,
+                   rope_sections=(3, 3, 2, 0), rms_eps=1e-6, n_embd_head=64, rope_dim=16, tied_output=True,
+                   ssm_conv=4, ssm_state=32, ssm_groups=2, ssm_v_heads=4, full_attn_interval=4),
+        VisionConfig(projector="qwen3vl_merger", image_size=256, patch_size=16, n_embd=64, n_ff=160, n_layer=2,
+                     n_head=4, ln_eps=1e-6, pos_size=16, **_SIGLIP)),
     ("gemma3", "tiny"): ModelConfig(
         "gemma3",
         TextConfig(arch="gemma3", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rms_eps=1e-6),
         VisionConfig(projector="gemma3", image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=2, n_head=4,
-                     ln_eps=1e-6, spatial_merge=2, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))),
+                     ln_eps=1e-6, spatial_merge=2, **_SIGLIP)),
+    # Gemma 4 (31B / 26B layout: no per-layer embeddings, non-causal images): sliding-window layers with
+    # narrower heads, the last layer global; ViT with 2D RoPE and x/y position tables, 3 x 3 pooling
+    ("gemma4", "tiny"): ModelConfig(
+        "gemma4",
+        TextConfig(arch="gemma4", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rms_eps=1e-6,
+                   rope_base=1e6, n_embd_head=64, n_embd_head_swa=32, swa_pattern=(True, True, True, False),
+                   n_head_kv_global=1, sliding_window=512, tied_output=True),
+        VisionConfig(projector="gemma4v", image_size=224, patch_size=16, n_embd=64, n_ff=160, n_layer=2, n_head=4,
+                     ln_eps=1e-6, spatial_merge=3, pos_size=128, hidden_act="quick_gelu", **_SIGLIP)),
+    # Pixtral-12B layout (no patch merger): llama text, RMS-norm ViT with 2D RoPE, [IMG_BREAK] after each row
+    ("pixtral", "tiny"): ModelConfig(
+        "pixtral",
+        TextConfig(n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e6, n_embd_head=48),
+        VisionConfig(projector="pixtral", image_size=1024, patch_size=16, n_embd=64, n_ff=160, n_layer=2, n_head=4,
+                     ln_eps=1e-5, hidden_act="silu", spatial_merge=1,
+                     image_mean=(0.48145466, 0.4578275, 0.40821073))),
     # Qwen2-VL-2B shapes (text 1536 wide, 28 layers; ViT 1280 wide, 32 layers), image at 448 x 448: 16 x 16 tokens
     ("qwen2vl", "2b"): ModelConfig(
         "qwen2vl",
         TextConfig(arch="qwen2vl", n_embd=1536, n_ff=8960, n_layer=28, n_head=12, n_head_kv=2, rope_base=1e6,
                    rope_sections=(16, 24, 24, 0)),
         VisionConfig(projector="qwen2vl_merger", image_size=448, patch_size=14, n_embd=1280, n_ff=5120, n_layer=32,
-                     n_head=16, ln_eps=1e-6),
+                     n_head=16, ln_eps=1e-6, hidden_act="quick_gelu"),
+        dtype="f16"),
+    # Qwen3-VL-4B-Instruct (config.json): text 2560 wide, 36 layers, 32 heads of 128, 8 KV heads, FFN 9728,
+    # tied; ViT 1024 wide, 24 blocks, 16 heads, FFN 4096, patch 16, 48 x 48 position grid, deepstack 5/11/17
+    ("qwen3vl", "4b"): ModelConfig(
+        "qwen3vl",
+        TextConfig(arch="qwen3vl", n_embd=2560, n_ff=9728, n_layer=36, n_head=32, n_head_kv=8, rope_base=5e6,
+                   rope_sections=(24, 20, 20, 0), rms_eps=1e-6, n_embd_head=128, tied_output=True, n_deepstack=3,
+                   n_ctx_train=262144),
+        VisionConfig(projector="qwen3vl_merger", image_size=768, patch_size=16, n_embd=1024, n_ff=4096, n_layer=24,
+                     n_head=16, ln_eps=1e-6, deepstack=(5, 11, 17), pos_size=48, **_SIGLIP),
+        dtype="f16"),
+    # Gemma-3-4B-it: text 2560 wide, 34 layers, 8 heads of 256, 4 KV heads, FFN 10240; SigLIP-So400m/14 at
+    # 896 px (27 layers, 1152 wide, FFN 4304), pooled 4 x 4 to 256 tokens
+    ("gemma3", "4b"): ModelConfig(
+        "gemma3",
+        TextConfig(arch="gemma3", n_embd=2560, n_ff=10240, n_layer=34, n_head=8, n_head_kv=4, rms_eps=1e-6,
+                   rope_base=1e6, n_embd_head=256, n_ctx_train=131072, sliding_window=1024),
+        VisionConfig(projector="gemma3", image_size=896, patch_size=14, n_embd=1152, n_ff=4304, n_layer=27,
+                     n_head=16, ln_eps=1e-6, spatial_merge=4, **_SIGLIP),
         dtype="f16"),
 }
+
+# LLaVA-1.5's vision tower as its GGUFs carry it (openai/clip-vit-large-patch14-336 through llama.cpp's
+# legacy converter): a class embedding, no patch bias, quick-GELU
+_LLAVA_CLASS_TOKEN = dict(class_embedding=True, patch_bias=False, hidden_act="quick_gelu")
+
 
 # ----------------------------------------------------------------------------------------------------
 # tokenizer: byte-level BPE (gpt2 style) so that any text tokenises
@@ -173,16 +336,24 @@ def make_tokenizer(specials: list[str], chat_template: str, n_merges: int = 48, 
                      chat_template=chat_template, special=special)
 
 
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+
+
 def family_tokenizer(family: str) -> Tokenizer:
+    """The family's tokenizer: BOS, EOS first, then the chat and image markers its template and mtmd use."""
     if family == "llava":
         return make_tokenizer(["<s>", "</s>"], LLAVA15_TEMPLATE)
-    if family == "qwen2vl":
-        return make_tokenizer(["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<|vision_start|>", "<|vision_end|>",
-                               "<|image_pad|>"], CHATML_TEMPLATE)
+    if family in ("qwen2vl", "qwen25vl", "qwen3vl", "qwen35"):
+        return make_tokenizer(_QWEN_SPECIALS, CHATML_TEMPLATE)
     if family == "gemma3":
         return make_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
                                "<end_of_image>"], GEMMA_TEMPLATE)
-    raise ValueError(f"unknown family {family!r}; known: llava, qwen2vl, gemma3")
+    if family == "gemma4":  # mtmd wraps each image in <|image> ... <image|>
+        return make_tokenizer(["<bos>", "<eos>", "<|turn>", "<turn|>", "<|image>", "<image|>"], GEMMA4_TEMPLATE)
+    if family == "pixtral":  # mtmd ends each image with [IMG_END]; [IMG_BREAK] is an embedding in the mmproj
+        return make_tokenizer(["<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"],
+                              MISTRAL_TEMPLATE)
+    raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -191,84 +362,165 @@ def family_tokenizer(family: str) -> Tokenizer:
 
 def text_weight_shapes(cfg: TextConfig, n_vocab: int) -> dict[str, tuple[int, ...]]:
     """Tensor names and numpy shapes ([out, in] for matrices) of the text model."""
-    hd, kv = cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+    d = cfg.n_embd
     shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (n_vocab, cfg.n_embd),
-        "output_norm.weight": (cfg.n_embd,),
-        "output.weight": (n_vocab, cfg.n_embd),
+        "token_embd.weight": (n_vocab, d),
+        "output_norm.weight": (d,),
+        "output.weight": (n_vocab, d),
     }
+    if cfg.arch == "gemma4":  # proportional RoPE of the global layers (one table, shared)
+        shapes["rope_freqs.weight"] = (cfg.head_dim // 2,)
     for i in range(cfg.n_layer):
         b = f"blk.{i}."
+        hd = cfg.layer_head_dim(i)
+        q, kv = cfg.n_head * hd, cfg.layer_head_kv(i) * hd
+        shapes[b + "attn_norm.weight"] = (d,)
+        if cfg.is_recurrent(i):  # qwen35 gated delta net: fused q/k/v, output gate, short conv, decay, beta
+            key, value = cfg.ssm_state * cfg.ssm_groups, cfg.ssm_state * cfg.ssm_v_heads
+            shapes.update({
+                b + "attn_qkv.weight": (2 * key + value, d),
+                b + "attn_gate.weight": (value, d),
+                b + "ssm_conv1d.weight": (2 * key + value, cfg.ssm_conv),
+                b + "ssm_dt.bias": (cfg.ssm_v_heads,),
+                b + "ssm_a": (cfg.ssm_v_heads,),
+                b + "ssm_beta.weight": (cfg.ssm_v_heads, d),
+                b + "ssm_alpha.weight": (cfg.ssm_v_heads, d),
+                b + "ssm_norm.weight": (cfg.ssm_state,),
+                b + "ssm_out.weight": (d, value),
+            })
+        else:
+            shapes.update({
+                b + "attn_q.weight": (2 * q if cfg.arch == "qwen35" else q, d),  # qwen35: query and its gate
+                b + "attn_k.weight": (kv, d),
+                b + "attn_v.weight": (kv, d),
+                b + "attn_output.weight": (d, q),
+            })
+            if cfg.arch in ("gemma3", "gemma4", "qwen3vl", "qwen35"):
+                shapes.update({b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
+        if cfg.arch == "qwen35":  # the pre-FFN norm is called post_attention_norm there
+            shapes[b + "post_attention_norm.weight"] = (d,)
+        else:
+            shapes[b + "ffn_norm.weight"] = (d,)
         shapes.update({
-            b + "attn_norm.weight": (cfg.n_embd,),
-            b + "attn_q.weight": (cfg.n_head * hd, cfg.n_embd),
-            b + "attn_k.weight": (kv, cfg.n_embd),
-            b + "attn_v.weight": (kv, cfg.n_embd),
-            b + "attn_output.weight": (cfg.n_embd, cfg.n_head * hd),
-            b + "ffn_norm.weight": (cfg.n_embd,),
-            b + "ffn_gate.weight": (cfg.n_ff, cfg.n_embd),
-            b + "ffn_up.weight": (cfg.n_ff, cfg.n_embd),
-            b + "ffn_down.weight": (cfg.n_embd, cfg.n_ff),
+            b + "ffn_gate.weight": (cfg.n_ff, d),
+            b + "ffn_up.weight": (cfg.n_ff, d),
+            b + "ffn_down.weight": (d, cfg.n_ff),
         })
         if cfg.arch == "qwen2vl":  # Qwen2 has q/k/v biases
-            shapes.update({b + "attn_q.bias": (cfg.n_head * hd,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
-        if cfg.arch == "gemma3":  # sandwich norms and q/k norms
-            shapes.update({b + "post_attention_norm.weight": (cfg.n_embd,), b + "post_ffw_norm.weight": (cfg.n_embd,),
-                           b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
-    if cfg.arch == "gemma3":  # tied output
+            shapes.update({b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
+        if cfg.arch in ("gemma3", "gemma4"):  # sandwich norms
+            shapes.update({b + "post_attention_norm.weight": (d,), b + "post_ffw_norm.weight": (d,)})
+        if cfg.arch == "gemma4":  # HF layer_scalar
+            shapes[b + "layer_output_scale.weight"] = (1,)
+    if cfg.tied_output or cfg.arch in ("gemma3", "gemma4"):
         del shapes["output.weight"]
     return shapes
 
 
 def vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple[int, ...]]:
-    """Tensor names and numpy shapes of the mmproj."""
-    d, p = cfg.n_embd, cfg.patch_size
-    shapes: dict[str, tuple[int, ...]] = {}
-    if cfg.projector in ("mlp", "gemma3"):
-        shapes["v.patch_embd.weight"] = (d, 3, p, p)
+    """Tensor names and numpy shapes of the mmproj (all n_layer blocks, also for llava: see `write_mmproj`)."""
+    d, p, proj = cfg.n_embd, cfg.patch_size, cfg.projector
+    qwen = proj in ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
+    shapes: dict[str, tuple[int, ...]] = {"v.patch_embd.weight": (d, 3, p, p)}
+    if qwen:  # a temporal conv of 2 frames, split into two 2D kernels
+        shapes["v.patch_embd.weight.1"] = (d, 3, p, p)
+    if proj == "qwen3vl_merger" or (proj in ("mlp", "gemma3") and cfg.patch_bias):
         shapes["v.patch_embd.bias"] = (d,)
-        n_pos = cfg.grid * cfg.grid + (1 if cfg.class_embedding else 0)
-        shapes["v.position_embd.weight"] = (n_pos, d)
+    if proj in ("mlp", "gemma3"):
+        shapes["v.position_embd.weight"] = (cfg.grid * cfg.grid + (1 if cfg.class_embedding else 0), d)
         if cfg.class_embedding:
             shapes["v.class_embd"] = (d,)
-        if cfg.projector == "mlp":  # CLIP's pre-layernorm; SigLIP (gemma3) has none
-            shapes["v.pre_ln.weight"] = (d,)
+    elif proj == "qwen3vl_merger":  # a learned pos_size x pos_size grid, resized to the picture's
+        shapes["v.position_embd.weight"] = (cfg.pos_size * cfg.pos_size, d)
+    elif proj == "gemma4v":  # two tables, x then y: ggml [n_embd, pos_size, 2]
+        shapes["v.position_embd.weight"] = (2, cfg.pos_size, d)
+    if proj in ("mlp", "pixtral"):  # CLIP's pre-layernorm (pixtral: an RMS norm, no bias)
+        shapes["v.pre_ln.weight"] = (d,)
+        if proj == "mlp":
             shapes["v.pre_ln.bias"] = (d,)
-    else:  # qwen2vl_merger: a temporal conv of 2 frames, split into two 2D kernels; 2D RoPE, no position table
-        shapes["v.patch_embd.weight"] = (d, 3, p, p)
-        shapes["v.patch_embd.weight.1"] = (d, 3, p, p)
+    rms = proj in ("qwen2.5vl_merger", "gemma4v", "pixtral")  # RMS norms: weights only
+    biases = proj not in ("gemma4v", "pixtral")
+    gated = proj in ("qwen2.5vl_merger", "gemma4v", "pixtral")
+    dh = d // cfg.n_head
     for i in range(cfg.n_layer):
         b = f"v.blk.{i}."
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            shapes[b + t + ".weight"] = (d, d)
-            shapes[b + t + ".bias"] = (d,)
+        if proj == "qwen3vl_merger":
+            shapes[b + "attn_qkv.weight"] = (3 * d, d)
+            shapes[b + "attn_qkv.bias"] = (3 * d,)
+        else:
+            for t in ("attn_q", "attn_k", "attn_v"):
+                shapes[b + t + ".weight"] = (d, d)
+                if biases:
+                    shapes[b + t + ".bias"] = (d,)
+        shapes[b + "attn_out.weight"] = (d, d)
+        if biases:
+            shapes[b + "attn_out.bias"] = (d,)
         for t in ("ln1", "ln2"):
             shapes[b + t + ".weight"] = (d,)
-            shapes[b + t + ".bias"] = (d,)
+            if not rms:
+                shapes[b + t + ".bias"] = (d,)
+        if proj == "gemma4v":  # per-head q/k norms, sandwich norms
+            shapes.update({b + "attn_q_norm.weight": (dh,), b + "attn_k_norm.weight": (dh,),
+                           b + "attn_post_norm.weight": (d,), b + "ffn_post_norm.weight": (d,)})
+        if gated:
+            shapes[b + "ffn_gate.weight"] = (cfg.n_ff, d)
+            if biases:
+                shapes[b + "ffn_gate.bias"] = (cfg.n_ff,)
         shapes[b + "ffn_up.weight"] = (cfg.n_ff, d)
-        shapes[b + "ffn_up.bias"] = (cfg.n_ff,)
+        if biases:
+            shapes[b + "ffn_up.bias"] = (cfg.n_ff,)
         shapes[b + "ffn_down.weight"] = (d, cfg.n_ff)
-        shapes[b + "ffn_down.bias"] = (d,)
-    if cfg.projector == "mlp":
+        if biases:
+            shapes[b + "ffn_down.bias"] = (d,)
+    m = d * cfg.spatial_merge ** 2
+    if proj == "mlp":
         shapes.update({"mm.0.weight": (cfg.proj_hidden, d), "mm.0.bias": (cfg.proj_hidden,),
                        "mm.2.weight": (n_embd_text, cfg.proj_hidden), "mm.2.bias": (n_embd_text,)})
-    elif cfg.projector == "gemma3":  # post-layernorm, RMS norm, projection stored [in, out] (the graph transposes it)
+    elif proj == "gemma3":  # post-layernorm, RMS norm, projection stored [in, out] (the graph transposes it)
         shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,), "mm.soft_emb_norm.weight": (d,),
                        "mm.input_projection.weight": (d, n_embd_text)})
-    else:
-        m = d * cfg.spatial_merge ** 2
-        shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,),
-                       "mm.0.weight": (m, m), "mm.0.bias": (m,),
+    elif proj == "gemma4v":  # Gemma4MultimodalEmbedder: weightless RMS norm, then a plain [out, in] projection
+        shapes["mm.input_projection.weight"] = (n_embd_text, d)
+    elif proj == "pixtral":  # LlavaMultiModalProjector (linear_1, GELU, linear_2) and the [IMG_BREAK] embedding
+        if cfg.spatial_merge > 1:  # Mistral Small 3.1's patch merger
+            shapes.update({"mm.input_norm.weight": (d,), "mm.patch_merger.weight": (d, m)})
+        shapes.update({"mm.1.weight": (n_embd_text, d), "mm.1.bias": (n_embd_text,),
+                       "mm.2.weight": (n_embd_text, n_embd_text), "mm.2.bias": (n_embd_text,),
+                       "v.token_embd.img_break": (n_embd_text,)})
+    else:  # qwen mergers: norm over each patch (v.post_ln), then 2 x 2 patches -> MLP
+        shapes["v.post_ln.weight"] = (d,)
+        if proj != "qwen2.5vl_merger":
+            shapes["v.post_ln.bias"] = (d,)
+        shapes.update({"mm.0.weight": (m, m), "mm.0.bias": (m,),
                        "mm.2.weight": (n_embd_text, m), "mm.2.bias": (n_embd_text,)})
+        for il in cfg.deepstack:  # deepstack mergers: the norm is over the 2 x 2-merged row
+            b = f"v.deepstack.{il}."
+            shapes.update({b + "norm.weight": (m,), b + "norm.bias": (m,), b + "fc1.weight": (m, m),
+                           b + "fc1.bias": (m,), b + "fc2.weight": (n_embd_text, m), b + "fc2.bias": (n_embd_text,)})
     return shapes
 
 
+def gemma4_rope_freqs(head_dim: int, partial: float) -> np.ndarray:
+    """The global layers' "proportional" RoPE as convert_hf_to_gguf.py writes it: divisor 1 for the rotated
+    pairs, 1e30 (no rotation) for the rest."""
+    n_rot = int(head_dim * partial / 2)
+    return np.array([1.0] * n_rot + [1e30] * (head_dim // 2 - n_rot), np.float32)
+
+
 def random_weights(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Scaled so activations stay O(1): matrices ~ N(0, 1/fan_in), norms ~ 1, biases and tables small."""
+    """Scaled so activations stay O(1): matrices ~ N(0, 1/fan_in), norms ~ 1, biases and tables small.
+    (gemma4's rope_freqs is not a weight: fill it with `gemma4_rope_freqs`.)"""
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if len(shape) == 1:
             base = 1.0 if ("norm" in name or ".ln" in name or "_ln" in name) and name.endswith("weight") else 0.0
+            if name.endswith(".ssm_a"):  # qwen35: the decay is -exp(A_log), A_log ~ 0
+                base = -1.0
+            if name.endswith("layer_output_scale.weight"):  # gemma4's layer_scalar
+                base = 1.0
+            if name in ("v.class_embd", "v.token_embd.img_break"):  # embeddings: O(1) like the rows they join
+                out[name] = rng.standard_normal(shape).astype(np.float32)
+                continue
             out[name] = (base + 0.02 * rng.standard_normal(shape)).astype(np.float32)
         elif name in ("token_embd.weight", "v.position_embd.weight"):
             out[name] = rng.standard_normal(shape).astype(np.float32) * (1.0 if name == "token_embd.weight" else 0.1)
@@ -282,16 +534,57 @@ def random_weights(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator)
 # writing
 
 
-def _store(w: "object", name: str, a: np.ndarray, dtype: str) -> None:
-    # 1-D tensors (norms, biases) and the position table stay f32, as llama.cpp's converters do
-    if dtype == "f16" and a.ndim >= 2 and name != "v.position_embd.weight":
-        a = a.astype(np.float16)
-    else:
-        a = a.astype(np.float32)  # float64 arrays (a trained model's export) would otherwise be stored as F64
-    w.add_tensor(name, np.ascontiguousarray(a))  # type: ignore[attr-defined]
+class LazyRandomWeights(Mapping):
+    """Random weights generated one tensor at a time (seeded by the name), for presets too large to hold in
+    memory: the writer streams them to disk. Same scaling as `random_weights`."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+        self.shapes, self.seed = shapes, int(seed)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        digest = hashlib.sha256(f"{self.seed}:{name}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return random_weights({name: self.shapes[name]}, rng)[name]
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would generate the tensor
+        return name in self.shapes
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
 
 
-def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[str, np.ndarray],
+def _stored(name: str, a: np.ndarray, dtype: str) -> np.ndarray:
+    # 1-D tensors (norms, biases), the position tables and the class embedding stay f32, as llama.cpp's
+    # converters do; float64 arrays (a trained model's export) would otherwise be stored as F64
+    keep_f32 = a.ndim < 2 or "position_embd" in name
+    return np.ascontiguousarray(a.astype(np.float16 if dtype == "f16" and not keep_f32 else np.float32))
+
+
+def _write(w: "object", names: list[str], weights: Mapping[str, np.ndarray], expected: dict[str, tuple[int, ...]],
+           dtype: str) -> None:
+    """Header, metadata, tensor infos, then the tensors one at a time (a lazy mapping is never held whole)."""
+    lazy = isinstance(weights, LazyRandomWeights)
+    if not lazy:
+        for n in names:
+            w.add_tensor(n, _stored(n, weights[n], dtype))  # type: ignore[attr-defined]
+        _finish(w)
+        return
+    for n in names:
+        dt = np.float16 if dtype == "f16" and len(expected[n]) >= 2 and "position_embd" not in n else np.float32
+        nbytes = int(np.prod(expected[n])) * np.dtype(dt).itemsize
+        w.add_tensor_info(n, expected[n], np.dtype(dt), nbytes)  # type: ignore[attr-defined]
+    w.write_header_to_file()  # type: ignore[attr-defined]
+    w.write_kv_data_to_file()  # type: ignore[attr-defined]
+    w.write_ti_data_to_file()  # type: ignore[attr-defined]
+    for n in names:
+        w.write_tensor_data(_stored(n, weights[n], dtype))  # type: ignore[attr-defined]
+    w.close()  # type: ignore[attr-defined]
+
+
+def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: Mapping[str, np.ndarray],
                      dtype: str = "f32", name: str = "topv-edge synthetic",
                      metadata: Mapping[str, str] | None = None) -> Path:
     """Write a GGUF text model of architecture `cfg.arch` from `weights` (names and shapes: `text_weight_shapes`).
@@ -299,10 +592,10 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[
     Array convention: numpy shapes as PyTorch stores them, a Linear weight is [out, in], the embedding table
     [n_vocab, n_embd]; any float dtype (stored F32, or F16 for >= 2-D tensors when dtype="f16"). For arch
     `llama`, attn_q/attn_k rows must already be in llama.cpp's interleaved RoPE order: apply
-    `permute_qk_for_llama` to HuggingFace (rotate_half) weights, as convert_hf_to_gguf.py does. qwen2vl and
-    gemma3 use NEOX-style RoPE in llama.cpp: no permutation. gemma3's output is tied to token_embd. Note
-    llama.cpp's gemma3 graph scales the token embeddings by sqrt(n_embd) and its RMS norms multiply by the
-    stored weight (HF Gemma's `1 + weight` must be folded in before writing)."""
+    `permute_qk_for_llama` to HuggingFace (rotate_half) weights, as convert_hf_to_gguf.py does. The Qwen and
+    Gemma architectures use NEOX-style RoPE in llama.cpp: no permutation. gemma*'s output is tied to
+    token_embd. Note llama.cpp's gemma graphs scale the token embeddings by sqrt(n_embd) and gemma3's RMS
+    norms multiply by the stored weight (HF Gemma's `1 + weight` must be folded in before writing)."""
     import gguf
 
     expected = text_weight_shapes(cfg, len(tok.tokens))
@@ -314,12 +607,40 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[
     w.add_block_count(cfg.n_layer)
     w.add_feed_forward_length(cfg.n_ff)
     w.add_head_count(cfg.n_head)
-    w.add_head_count_kv(cfg.n_head_kv)
+    if cfg.arch == "gemma4" and cfg.n_head_kv_global:  # per layer, as the converter writes it
+        w.add_head_count_kv([cfg.layer_head_kv(i) for i in range(cfg.n_layer)])
+    else:
+        w.add_head_count_kv(cfg.n_head_kv)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
     w.add_rope_freq_base(cfg.rope_base)
-    w.add_rope_dimension_count(cfg.head_dim)
-    if cfg.arch == "qwen2vl":
+    w.add_rope_dimension_count(cfg.rope_dim or cfg.head_dim)
+    if cfg.n_embd_head:
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+    if cfg.arch in ("qwen2vl", "qwen3vl", "qwen35"):
         w.add_rope_dimension_sections(list(cfg.rope_sections))
+    if cfg.n_deepstack:
+        w.add_uint32(f"{cfg.arch}.n_deepstack_layers", cfg.n_deepstack)
+    if cfg.arch == "qwen35":
+        w.add_ssm_conv_kernel(cfg.ssm_conv)
+        w.add_ssm_inner_size(cfg.ssm_state * cfg.ssm_v_heads)
+        w.add_ssm_state_size(cfg.ssm_state)
+        w.add_ssm_time_step_rank(cfg.ssm_v_heads)
+        w.add_ssm_group_count(cfg.ssm_groups)
+        w.add_uint32(f"{cfg.arch}.full_attention_interval", cfg.full_attn_interval)
+        w.add_array(f"{cfg.arch}.attention.recurrent_layers", [cfg.is_recurrent(i) for i in range(cfg.n_layer)])
+    if cfg.arch == "gemma3" and cfg.sliding_window:  # the real ones: 5 local layers to 1 global (llama.cpp's default)
+        w.add_sliding_window(cfg.sliding_window)
+    if cfg.arch == "gemma4":
+        w.add_array(f"{cfg.arch}.attention.sliding_window_pattern", list(cfg.swa_pattern))
+        w.add_sliding_window(cfg.sliding_window)
+        w.add_uint32(f"{cfg.arch}.embedding_length_per_layer_input", 0)
+        w.add_uint32(f"{cfg.arch}.attention.key_length_swa", cfg.n_embd_head_swa)
+        w.add_uint32(f"{cfg.arch}.attention.value_length_swa", cfg.n_embd_head_swa)
+        w.add_uint32(f"{cfg.arch}.rope.dimension_count_swa", cfg.n_embd_head_swa)
+        w.add_float32(f"{cfg.arch}.rope.freq_base_swa", cfg.rope_base_swa)
+        w.add_float32(f"{cfg.arch}.final_logit_softcapping", 30.0)
+        w.add_uint32(f"{cfg.arch}.attention.shared_kv_layers", 0)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -328,59 +649,78 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: dict[
     w.add_token_merges(tok.merges)
     w.add_bos_token_id(tok.bos)
     w.add_eos_token_id(tok.eos)
-    w.add_add_bos_token(cfg.arch in ("llama", "gemma3"))
+    w.add_add_bos_token(cfg.arch in ("llama", "gemma3", "gemma4"))
     w.add_chat_template(tok.chat_template)
     for k, v in (metadata or {}).items():
         w.add_string(k, v)
-    for n in expected:
-        _store(w, n, weights[n], dtype)
-    _finish(w)
+    _write(w, list(expected), weights, expected, dtype)
     return path
 
 
-def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: dict[str, np.ndarray],
+_PROJECTOR_ACT = {"gelu": "clip.use_gelu", "silu": "clip.use_silu", "quick_gelu": None}
+
+
+def mmproj_block_count(cfg: VisionConfig) -> int:
+    """clip.vision.block_count as the converters write it: llava's (mlp) legacy converter drops the ViT's last
+    block (LLaVA-1.5 feeds the projector the penultimate block, HF `hidden_states[-2]`); the others keep all."""
+    return cfg.n_layer - 1 if cfg.projector == "mlp" else cfg.n_layer
+
+
+def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: Mapping[str, np.ndarray],
                  dtype: str = "f32", name: str = "topv-edge synthetic mmproj",
                  metadata: Mapping[str, str] | None = None) -> Path:
     """Write a GGUF mmproj (`clip` architecture) for projector `cfg.projector` (names/shapes: `vision_weight_shapes`).
 
     Same array convention as `write_text_model` (Linear [out, in]; the patch embedding is a Conv2d weight
     [n_embd, 3, patch, patch]); exceptions: gemma3's `mm.input_projection.weight` is [in, out] as in HF
-    (the graph transposes it); qwen2vl_merger's Conv3d patch kernel [n_embd, 3, 2, p, p] is written as two
-    Conv2d kernels, `v.patch_embd.weight` = k[:, :, 0] and `v.patch_embd.weight.1` = k[:, :, 1].
-    llava (mlp): the graph runs only the first n_layer - 1 blocks (HF `hidden_states[-2]`, LLaVA-1.5's
-    select layer -2), so the last block is written but unused; with `class_embedding` llama.cpp appends
-    the class token after the patches (see docs/patch.md)."""
+    (the graph transposes it); the Qwen mergers' Conv3d patch kernel [n_embd, 3, 2, p, p] is written as two
+    Conv2d kernels, `v.patch_embd.weight` = k[:, :, 0] and `v.patch_embd.weight.1` = k[:, :, 1]; gemma4v's
+    position table is [2, pos_size, n_embd] (x table, then y).
+    llava (mlp): `weights` holds all n_layer blocks of the HF ViT and, as llama.cpp's legacy converter does,
+    the last one is not written (block_count = n_layer - 1): the projector reads the penultimate block's
+    output. The patched llama.cpp runs every stored block (patches/10-clip-class-token-first.patch)."""
     import gguf
 
     expected = vision_weight_shapes(cfg, n_embd_text)
     _check_weights(weights, expected, "mmproj")
+    n_blocks = mmproj_block_count(cfg)
+    names = [n for n in expected if not (n.startswith("v.blk.") and int(n.split(".")[2]) >= n_blocks)]
     w = gguf.GGUFWriter(str(path), "clip")
     w.add_name(name)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     w.add_bool("clip.has_vision_encoder", True)
     w.add_string("clip.projector_type", cfg.projector)
-    w.add_bool("clip.use_gelu", cfg.projector in ("mlp", "gemma3"))
+    act_key = _PROJECTOR_ACT[cfg.hidden_act]
+    if act_key is not None:
+        w.add_bool(act_key, True)
+    elif cfg.projector == "mlp":  # quick GELU is llama.cpp's default; the legacy converter writes use_gelu = false
+        w.add_bool("clip.use_gelu", False)
     w.add_uint32("clip.vision.image_size", cfg.image_size)
     w.add_uint32("clip.vision.patch_size", cfg.patch_size)
     w.add_uint32("clip.vision.embedding_length", cfg.n_embd)
     w.add_uint32("clip.vision.feed_forward_length", cfg.n_ff)
-    w.add_uint32("clip.vision.block_count", cfg.n_layer)
+    w.add_uint32("clip.vision.block_count", n_blocks)
     w.add_uint32("clip.vision.projection_dim", n_embd_text)
     w.add_uint32("clip.vision.attention.head_count", cfg.n_head)
     w.add_float32("clip.vision.attention.layer_norm_epsilon", cfg.ln_eps)
     w.add_array("clip.vision.image_mean", list(cfg.image_mean))
     w.add_array("clip.vision.image_std", list(cfg.image_std))
-    if cfg.projector == "gemma3":
+    if cfg.projector in ("gemma3", "gemma4v"):
         w.add_uint32("clip.vision.projector.scale_factor", cfg.spatial_merge)
     if cfg.projector == "qwen2vl_merger":
         w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
         w.add_uint32("clip.vision.image_min_pixels", (cfg.patch_size * cfg.spatial_merge) ** 2 * 4)
         w.add_uint32("clip.vision.image_max_pixels", cfg.image_size * cfg.image_size)
+    if cfg.projector == "qwen2.5vl_merger":
+        w.add_uint32("clip.vision.n_wa_pattern", cfg.n_wa_pattern)
+    if cfg.projector == "qwen3vl_merger":
+        w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
+        w.add_array("clip.vision.is_deepstack_layers", [i in cfg.deepstack for i in range(cfg.n_layer)])
+    if cfg.projector == "pixtral" and cfg.spatial_merge > 1:
+        w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
     for k, v in (metadata or {}).items():
         w.add_string(k, v)
-    for n in expected:
-        _store(w, n, weights[n], dtype)
-    _finish(w)
+    _write(w, names, weights, expected, dtype)
     return path
 
 
@@ -391,10 +731,12 @@ def permute_qk_for_llama(w: np.ndarray, n_head: int) -> np.ndarray:
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape))
 
 
-def _check_weights(weights: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], what: str) -> None:
+def _check_weights(weights: Mapping[str, np.ndarray], expected: dict[str, tuple[int, ...]], what: str) -> None:
     missing = [n for n in expected if n not in weights]
     if missing:
         raise ValueError(f"{what}: missing weights {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if isinstance(weights, LazyRandomWeights):  # generated to these shapes, finite by construction
+        return
     for n, shape in expected.items():
         if tuple(weights[n].shape) != shape:
             raise ValueError(f"{what}: {n} has shape {tuple(weights[n].shape)}, expected {shape}")
@@ -409,11 +751,12 @@ def _finish(w: "object") -> None:
     w.close()  # type: ignore[attr-defined]
 
 
-def pair_paths(family: str, preset: str, out_dir: str | Path, class_embedding: bool = False) -> tuple[Path, Path]:
-    """Where `write_pair` puts a pair: `<family>-<preset>[-cls].gguf` and `mmproj-<family>-<preset>[-cls].gguf`."""
+def pair_paths(family: str, preset: str, out_dir: str | Path, class_embedding: bool = False,
+               quantize: str | None = None) -> tuple[Path, Path]:
+    """Where `write_pair` puts a pair: `<family>-<preset>[-cls][-<QUANT>].gguf` and `mmproj-<family>-<preset>[-cls].gguf`."""
     out = Path(out_dir)
     stem = f"{family}-{preset}" + ("-cls" if class_embedding else "")
-    return out / f"{stem}.gguf", out / f"mmproj-{stem}.gguf"
+    return out / f"{stem}{'-' + quantize if quantize else ''}.gguf", out / f"mmproj-{stem}.gguf"
 
 
 def preset_config(family: str, preset: str, class_embedding: bool = False) -> ModelConfig:
@@ -426,7 +769,7 @@ def preset_config(family: str, preset: str, class_embedding: bool = False) -> Mo
     if class_embedding:
         if cfg.vision.projector != "mlp":
             raise ValueError("class_embedding is only supported by the llava family (projector mlp)")
-        cfg = replace(cfg, vision=replace(cfg.vision, class_embedding=True))
+        cfg = replace(cfg, vision=replace(cfg.vision, **_LLAVA_CLASS_TOKEN))
     return cfg
 
 
@@ -450,30 +793,77 @@ def read_fingerprint(path: str | Path) -> str | None:
     return None if field_ is None else str(field_.contents())
 
 
+# presets with more parameters than this are written from lazily generated weights, tensor by tensor
+_STREAM_ABOVE = 50_000_000
+
+
+def _weights_for(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator, seed: int) -> Mapping[str, np.ndarray]:
+    if sum(int(np.prod(s)) for s in shapes.values()) > _STREAM_ABOVE:
+        return LazyRandomWeights(shapes, seed)
+    return random_weights(shapes, rng)
+
+
+def pair_weights(family: str, preset: str, seed: int = 0, class_embedding: bool = False
+                 ) -> tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]:
+    """The random weights `write_pair` writes: (text, vision), in `text_weight_shapes` / `vision_weight_shapes`
+    (for llava all n_layer ViT blocks, the last of which the file leaves out). Lazy for large presets."""
+    cfg = preset_config(family, preset, class_embedding)
+    rng = np.random.default_rng(seed)
+    text_w = _weights_for(text_weight_shapes(cfg.text, len(family_tokenizer(family).tokens)), rng, seed)
+    if cfg.text.arch == "gemma4":
+        text_w = {**text_w, "rope_freqs.weight": gemma4_rope_freqs(cfg.text.head_dim, cfg.text.rope_partial_global)}
+    return text_w, _weights_for(vision_weight_shapes(cfg.vision, cfg.text.n_embd), rng, seed + 1)
+
+
+def quantize_model(src: Path, dst: Path, qtype: str, threads: int | None = None) -> Path:
+    """Quantise a GGUF text model with the patched build's own llama-quantize (e.g. qtype "Q4_K_M")."""
+    import os
+    import subprocess
+
+    from . import llama_libs
+
+    exe = llama_libs.build_dir() / "bin" / "llama-quantize"
+    if not exe.is_file():
+        raise ValueError(f"{exe} is missing: build llama.cpp with scripts/build_llama_cpp.sh")
+    tmp = dst.with_suffix(".tmp")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(llama_libs.build_dir() / "lib"))
+    r = subprocess.run([str(exe), str(src), str(tmp), qtype, str(threads or os.cpu_count() or 1)],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"llama-quantize failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    tmp.replace(dst)
+    return dst
+
+
 def write_pair(family: str, preset: str, out_dir: str | Path, seed: int = 0, overwrite: bool = False,
-               class_embedding: bool = False) -> tuple[Path, Path]:
+               class_embedding: bool = False, quantize: str | None = None) -> tuple[Path, Path]:
     """Write a random-weight pair of a preset; returns (model, mmproj).
 
     Cached: if both files exist and carry the fingerprint of this call (writer version, configuration,
-    tokenizer, seed), nothing is written. Same arguments, byte-identical files."""
+    tokenizer, seed), nothing is written. Same arguments, byte-identical files. `quantize` (e.g. "Q4_K_M")
+    also writes the text model quantised by llama-quantize and returns that one (the mmproj stays as written,
+    as the published GGUFs ship it)."""
     cfg = preset_config(family, preset, class_embedding)
     fp = pair_fingerprint(family, preset, seed, class_embedding)
     model, mmproj = pair_paths(family, preset, out_dir, class_embedding)
-    if not overwrite and all(p.exists() and read_fingerprint(p) == fp for p in (model, mmproj)):
-        return model, mmproj
-    model.parent.mkdir(parents=True, exist_ok=True)
-    tok = family_tokenizer(family)
-    rng = np.random.default_rng(seed)
-    text_w = random_weights(text_weight_shapes(cfg.text, len(tok.tokens)), rng)
-    vis_w = random_weights(vision_weight_shapes(cfg.vision, cfg.text.n_embd), rng)
-    meta = {FINGERPRINT_KEY: fp}
-    stem = model.stem
-    # write to temporary names, then rename: an interrupted run never leaves a half-written "cached" pair
-    tmp_model, tmp_mmproj = model.with_suffix(".tmp"), mmproj.with_suffix(".tmp")
-    write_text_model(tmp_model, cfg.text, tok, text_w, cfg.dtype, name=stem, metadata=meta)
-    write_mmproj(tmp_mmproj, cfg.vision, cfg.text.n_embd, vis_w, cfg.dtype, name=f"mmproj-{stem}", metadata=meta)
-    tmp_model.replace(model)
-    tmp_mmproj.replace(mmproj)
+    if overwrite or not all(p.exists() and read_fingerprint(p) == fp for p in (model, mmproj)):
+        model.parent.mkdir(parents=True, exist_ok=True)
+        tok = family_tokenizer(family)
+        text_w, vis_w = pair_weights(family, preset, seed, class_embedding)
+        meta = {FINGERPRINT_KEY: fp}
+        stem = model.stem
+        # write to temporary names, then rename: an interrupted run never leaves a half-written "cached" pair
+        tmp_model, tmp_mmproj = model.with_suffix(".tmp"), mmproj.with_suffix(".tmp")
+        write_text_model(tmp_model, cfg.text, tok, text_w, cfg.dtype, name=stem, metadata=meta)
+        write_mmproj(tmp_mmproj, cfg.vision, cfg.text.n_embd, vis_w, cfg.dtype, name=f"mmproj-{stem}", metadata=meta)
+        tmp_model.replace(model)
+        tmp_mmproj.replace(mmproj)
+    if quantize:
+        qmodel = pair_paths(family, preset, out_dir, class_embedding, quantize)[0]
+        if overwrite or read_fingerprint(qmodel) != fp or qmodel.stat().st_mtime < model.stat().st_mtime:
+            quantize_model(model, qmodel, quantize)
+        return qmodel, mmproj
     return model, mmproj
 
 
@@ -503,17 +893,19 @@ def demo_image(size: tuple[int, int] = (336, 336), seed: int = 0):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m topv_edge.synthetic", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=sorted({f for f, _ in PRESETS}), default="llava")
-    ap.add_argument("--preset", default="tiny", help="tiny (tests), 1b (llava) or 2b (qwen2vl): realistic shapes")
+    ap.add_argument("--family", choices=list(FAMILIES), default="llava")
+    ap.add_argument("--preset", default="tiny",
+                    help="tiny (tests) or realistic shapes: " + ", ".join(f"{f} {p}" for f, p in PRESETS if p != "tiny"))
     ap.add_argument("-o", "--out", type=Path, default=Path("models"), help="output directory (default models/)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force", action="store_true", help="rewrite existing files")
     ap.add_argument("--class-embedding", action="store_true",
-                    help="llava: give the ViT a class embedding (files get a -cls suffix)")
+                    help="llava: LLaVA-1.5's CLIP tower with its class embedding (files get a -cls suffix)")
+    ap.add_argument("--quantize", metavar="TYPE", help="also quantise the text model with llama-quantize (e.g. Q4_K_M)")
     args = ap.parse_args(argv)
     try:
         model, mmproj = write_pair(args.family, args.preset, args.out, seed=args.seed, overwrite=args.force,
-                                   class_embedding=args.class_embedding)
+                                   class_embedding=args.class_embedding, quantize=args.quantize)
     except ValueError as e:
         ap.error(str(e))
     print(model)

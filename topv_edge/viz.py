@@ -1,11 +1,15 @@
 """See what TopV keeps: the picture with the kept patches highlighted and the pruned ones dimmed, beside a
 heat map of the TopV scores.
 
-  python -m topv_edge.viz MODEL.gguf IMAGE -o kept.png [--keep 0.25] [--layer 2] [--mmproj P]
+  python -m topv_edge.viz MODEL.gguf IMAGE -o kept.png [--keep 0.25] [--layer 2] [--method topv] [--mmproj P]
 
-Both outputs have the input picture's size: the kept/pruned view (-o) and the score heat map (--heatmap,
-default <out>-scores.png). Token cells are mapped onto the picture proportionally (exact for square
-pictures; models that pad or crop non-square pictures shift it slightly).
+Two pictures: the kept/pruned view (-o) and the score heat map with a colour bar (--heatmap, default
+<out>-scores.png), each under a title line (method, keep, kept/total tokens, layer). Pictures smaller
+than 512 px are enlarged by a whole factor (nearest neighbour, so the token cells stay sharp). Token
+cells are mapped onto the picture proportionally (exact for square pictures; models that pad or crop
+non-square pictures shift it slightly). The output format follows the file extension (.png, .jpg,
+.webp, ... whatever Pillow writes); the output directory must exist.
+
 Runs the real pipeline (the patched llama.cpp encodes, probes and prunes the image), then reads the
 stage's kept indices and scores back. Exit codes as for `topv_edge.chat`.
 """
@@ -13,20 +17,46 @@ stage's kept indices and scores back. Exit codes as for `topv_edge.chat`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from .chat import _nonnegative_int, _Parser, parse_keep
+from ._native import METHODS
+from .chat import _nonnegative_int, _Parser, parse_keep, threads_arg
 from .runtime import ChatError, TopVOptions, VisionChat
 
+MIN_SIDE = 512     # smaller pictures are enlarged to at least this (longer side)
+TITLE_PX = 28      # height of the title band
+BAR_PX = 70        # width of the colour bar panel of the heat map
 
-def kept_overlay(picture, kept: np.ndarray, grid: tuple[int, int], dim: float = 0.3):
-    """The picture with the cells of the kept tokens as they are and the others dimmed (same size)."""
+
+def as_rgb(picture) -> np.ndarray:
+    """H x W x 3 float32 in 0..255, 16-bit and 32-bit integer pictures scaled down (not clipped to white)."""
+    mode = picture.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(picture, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        if mode in ("I", "F") and a.max() > 65535:
+            top = float(a.max())
+        grey = np.clip(a / top * 255.0, 0, 255).astype(np.float32)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(picture.convert("RGB"), dtype=np.float32)
+
+
+def upscale_factor(size: tuple[int, int], min_side: int = MIN_SIDE) -> int:
+    """The whole factor that brings the longer side to at least `min_side` (1 for large pictures)."""
+    return max(1, math.ceil(min_side / max(size)))
+
+
+def kept_overlay(picture, kept: np.ndarray, grid: tuple[int, int], dim: float = 0.3, scale: int = 1):
+    """The picture (enlarged `scale` times, nearest) with the kept tokens' cells as they are and the others dimmed."""
     from PIL import Image
 
-    rgb = np.asarray(picture.convert("RGB"), dtype=np.float32)
+    rgb = as_rgb(picture)
+    if scale > 1:
+        rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)
     h, w = rgb.shape[:2]
     gw, gh = grid
     mask = np.zeros(gw * gh, bool)
@@ -43,6 +73,14 @@ def kept_overlay(picture, kept: np.ndarray, grid: tuple[int, int], dim: float = 
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
+def colour_map(s: np.ndarray) -> np.ndarray:
+    """0..1 -> RGB uint8: dark blue -> red -> yellow."""
+    r = np.clip(2 * s, 0, 1)
+    g = np.clip(2 * s - 1, 0, 1)
+    b = np.clip(0.5 - s, 0, 0.5)
+    return (np.stack([r, g, b], -1) * 255).astype(np.uint8)
+
+
 def score_heatmap(scores: np.ndarray, grid: tuple[int, int], size: tuple[int, int]):
     """The TopV scores on the token grid, min-max scaled, as a colour map image of `size`."""
     from PIL import Image
@@ -50,41 +88,102 @@ def score_heatmap(scores: np.ndarray, grid: tuple[int, int], size: tuple[int, in
     gw, gh = grid
     s = scores.reshape(gh, gw).astype(np.float64)
     s = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.zeros_like(s)
-    # dark blue -> red -> yellow
-    r = np.clip(2 * s, 0, 1)
-    g = np.clip(2 * s - 1, 0, 1)
-    b = np.clip(0.5 - s, 0, 0.5)
-    rgb = (np.stack([r, g, b], -1) * 255).astype(np.uint8)
-    return Image.fromarray(rgb).resize(size, Image.NEAREST)
+    return Image.fromarray(colour_map(s)).resize(size, Image.NEAREST)
+
+
+def with_colour_bar(heatmap, lo: float, hi: float):
+    """The heat map with a vertical colour bar on its right, labelled with the score range."""
+    from PIL import Image, ImageDraw
+
+    w, h = heatmap.size
+    out = Image.new("RGB", (w + BAR_PX, h), (255, 255, 255))
+    out.paste(heatmap, (0, 0))
+    top, bottom = 16, h - 16
+    ramp = np.linspace(1.0, 0.0, max(2, bottom - top))[:, None].repeat(16, axis=1)
+    out.paste(Image.fromarray(colour_map(ramp)), (w + 8, top))
+    d = ImageDraw.Draw(out)
+    font = _font(11)
+    d.text((w + 28, top - 2), f"{hi:.3g}", fill=(0, 0, 0), font=font)
+    d.text((w + 28, top + 12), "high", fill=(0, 0, 0), font=font)
+    d.text((w + 28, bottom - 26), "low", fill=(0, 0, 0), font=font)
+    d.text((w + 28, bottom - 12), f"{lo:.3g}", fill=(0, 0, 0), font=font)
+    return out
+
+
+def titled(picture, title: str):
+    """The picture under a white band with `title`."""
+    from PIL import Image, ImageDraw
+
+    w, h = picture.size
+    out = Image.new("RGB", (w, h + TITLE_PX), (255, 255, 255))
+    out.paste(picture, (0, TITLE_PX))
+    ImageDraw.Draw(out).text((6, 6), title, fill=(0, 0, 0), font=_font(14))
+    return out
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def check_output(path: Path, flag: str) -> None:
+    """An output path Pillow can write: an existing directory and a known image extension."""
+    from PIL import Image
+
+    if path.is_dir():
+        raise ChatError(f"{flag} {path} is a directory; give a file name, e.g. {path / 'kept.png'}")
+    if not path.parent.is_dir():
+        raise ChatError(f"{flag} {path}: the directory {path.parent} does not exist (create it first)")
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ChatError(f"{flag} {path}: unknown picture extension {path.suffix or '(none)'!r}; use .png, .jpg or .webp")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="python -m topv_edge.viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model")
-    ap.add_argument("image")
-    ap.add_argument("-o", "--out", type=Path, default=Path("kept.png"), help="output PNG (default kept.png)")
+    ap.add_argument("model", help="the text model (.gguf)")
+    ap.add_argument("image", help="the picture (PNG, JPEG, ... anything Pillow reads; 16-bit too)")
+    ap.add_argument("-o", "--out", type=Path, default=Path("kept.png"), help="the kept/pruned view (default kept.png)")
     ap.add_argument("--heatmap", type=Path, help="where to write the score heat map (default <out>-scores.png)")
-    ap.add_argument("--mmproj")
-    ap.add_argument("--keep", type=parse_keep, default=0.25)
-    ap.add_argument("--layer", type=_nonnegative_int, default=2)
-    ap.add_argument("--threads", type=int)
-    args = ap.parse_args(argv)
+    ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
+    ap.add_argument("--keep", type=parse_keep, default=0.25,
+                    help="a ratio (0.25), percentage (25%%) or whole token count (144) to keep; default 0.25")
+    ap.add_argument("--layer", type=_nonnegative_int, default=2, help="the probed layer Li (default 2)")
+    ap.add_argument("--method", choices=list(METHODS), default="topv", help="how to choose the kept tokens (default topv)")
+    ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
+    args = ap.parse_intermixed_args(argv)
     try:
         from PIL import Image
 
-        with VisionChat(args.model, args.mmproj, topv=TopVOptions(keep=args.keep, layer=args.layer),
-                        threads=args.threads, max_tokens=1) as chat:
+        heatmap = args.heatmap or args.out.with_name(args.out.stem + "-scores" + args.out.suffix)
+        check_output(args.out, "-o")
+        check_output(heatmap, "--heatmap")
+        options = TopVOptions(keep=args.keep, layer=args.layer, method=args.method)
+        with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1) as chat:
             (report,), _, _ = chat.add_user_message("Describe the picture.", [args.image])
             selection = chat.last_selection()
             if selection is None:
-                raise ChatError(f"the image was not pruned: {report.note or 'keep covers every token'}")
+                raise ChatError(f"the image was not pruned: {report.note}")
         kept, scores, grid = selection
-        picture = Image.open(args.image)
-        heatmap = args.heatmap or args.out.with_name(args.out.stem + "-scores.png")
-        kept_overlay(picture, kept, grid).save(args.out)
-        score_heatmap(scores, grid, picture.size).save(heatmap)
-        print(f"{args.out}: {report.n_kept} of {report.n_tokens} tokens kept on a {grid[0]}x{grid[1]} grid; "
-              f"scores in {heatmap}")
+        picture = Image.open(Path(args.image).expanduser())
+        scale = upscale_factor(picture.size)
+        size = (picture.size[0] * scale, picture.size[1] * scale)
+        what = (f"{args.method}, keep {options.keep_label()}: {report.n_kept}/{report.n_tokens} tokens, "
+                f"layer {args.layer}")
+        view = titled(kept_overlay(picture, kept, grid, scale=scale), what)
+        heat = titled(with_colour_bar(score_heatmap(scores, grid, size), float(scores.min()), float(scores.max())),
+                      f"scores ({what})")
+        try:
+            view.save(args.out)
+            heat.save(heatmap)
+        except OSError as e:
+            raise ChatError(f"could not write the pictures: {e}") from None
+        print(f"{args.out}: {report.n_kept} of {report.n_tokens} tokens kept on a {grid[0]}x{grid[1]} grid"
+              f"{f' (shown {scale}x larger)' if scale > 1 else ''}; scores in {heatmap}")
         return 0
     except ChatError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,8 +1,8 @@
 // topv.h - TopV visual-token pruning pass (plain C API, no dependencies).
 //
 // Scores the N visual tokens of one image (slice) with the source-relaxed
-// entropic optimal transport of TopV and selects K of them. The specification
-// is shared/TOPV.md section 3; decisions it leaves open are in docs/pass.md.
+// entropic optimal transport of TopV (or a baseline) and selects K of them. The
+// specification, with every decision and the evidence behind it, is docs/pass.md.
 //
 // Conventions (as in llama.h): parameters travel in an explicit struct that
 // starts from topv_default_params(); functions return a status code
@@ -44,14 +44,24 @@ enum topv_status {
     TOPV_STATUS_INTERNAL       = 10,
 };
 
+// Methods. The TopV ones solve the same transport problem and differ only in how
+// a source token's importance is read out of the plan P (docs/pass.md, "Read-outs").
+// Names (topv_method_name) are the ones the Python package and the command lines use.
 enum topv_method {
-    TOPV_METHOD_TOPV    = 0, // optimal-transport importance + uniform recovery (the paper)
-    TOPV_METHOD_UNIFORM = 1, // K tokens evenly spaced in raster order (baseline)
-    TOPV_METHOD_NORM    = 2, // K tokens of largest source-feature L2 norm (baseline)
+    TOPV_METHOD_TOPV        = 0, // "topv": the share of a source's mass sent to its own target, P_ii / r_i (default)
+    TOPV_METHOD_UNIFORM     = 1, // "uniform": K tokens evenly spaced in raster order (baseline)
+    TOPV_METHOD_NORM        = 2, // "norm": K tokens of largest source-feature L2 norm (baseline)
+    TOPV_METHOD_TOPV_ROWSUM = 3, // "topv_rowsum": the mass a source sends, r_i = sum_j P_ij
+    TOPV_METHOD_TOPV_COST   = 4, // "topv_cost": the total cost a source pays, sum_j P_ij C_ij
+    TOPV_METHOD_TOPV_FCOST  = 5, // "topv_fcost": the feature cost a source pays per unit of mass, sum_j P_ij F_ij / r_i
+    TOPV_METHOD_DIVPRUNE    = 6, // "divprune": greedy max-min cosine diversity of the source features (baseline)
+    TOPV_METHOD_UNIFORM2D   = 7, // "uniform2d": K tokens on an even 2-D lattice over the W x H grid (baseline)
+    TOPV_METHOD_DISTINCT    = 8, // "distinct": 1 - max cosine similarity to the other source tokens (baseline)
+    TOPV_METHOD_COUNT       = 9,
 };
 
 struct topv_params {
-    int32_t method; // an enum topv_method (an int so that any value from a caller can be checked)
+    int32_t method; // an enum topv_method, [0, TOPV_METHOD_COUNT) (an int so that any value from a caller can be checked)
 
     float alpha;   // weight of the feature cost F (>= 0)
     float beta;    // weight of the relative spatial cost P (>= 0)
@@ -68,6 +78,12 @@ struct topv_params {
 
 TOPV_API struct topv_params topv_default_params(void);
 
+// The name of a method ("topv", "uniform", ...; static storage), or NULL if unknown.
+TOPV_API const char * topv_method_name(int32_t method);
+
+// The method of a name (exact, case-sensitive), or -1 if name is NULL or unknown.
+TOPV_API int32_t topv_method_from_name(const char * name);
+
 // A short English sentence for a status code (static storage, never NULL).
 TOPV_API const char * topv_status_string(int32_t status);
 
@@ -83,7 +99,9 @@ TOPV_API int64_t topv_keep_count(int64_t n_tokens, double ratio);
 //
 //   source, target  n_tokens x n_embd float32, row-major (one token per row): the
 //                   hidden states entering layer Li and the post-attention norm
-//                   output of layer Li (see TOPV.md)
+//                   output of layer Li (docs/pass.md). uniform and uniform2d read
+//                   neither (both may be NULL); norm, divprune and distinct read
+//                   only the source (target may be NULL)
 //   pos_x, pos_y    n_tokens grid coordinates (column, row) in [0, grid_w) x [0, grid_h)
 //   kept            out: n_keep token indices, strictly ascending
 //   scores          out, may be NULL: n_tokens importance scores (higher = kept first)

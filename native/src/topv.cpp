@@ -1,4 +1,4 @@
-// The TopV pass: shared/TOPV.md section 3, decisions in docs/pass.md.
+// The TopV pass and its baselines: the specification and decisions are docs/pass.md.
 #include "topv.h"
 
 #include "topv-gemm.h"
@@ -35,8 +35,33 @@ struct inputs {
     int             n_threads;
 };
 
+// How a TopV method reads a source's importance out of the plan P = diag(u) K diag(v).
+enum class readout { rowsum, cost, fcost, self };
+
+struct method_info {
+    const char * name;
+    bool         source; // reads the source features
+    bool         target; // reads the target features (the transport methods)
+    readout      how;    // for the transport methods
+};
+
+// Indexed by enum topv_method: the one place where the names live.
+constexpr method_info METHOD_TABLE[TOPV_METHOD_COUNT] = {
+    {"topv",        true,  true,  readout::self},
+    {"uniform",     false, false, readout::rowsum},
+    {"norm",        true,  false, readout::rowsum},
+    {"topv_rowsum", true,  true,  readout::rowsum},
+    {"topv_cost",   true,  true,  readout::cost},
+    {"topv_fcost",  true,  true,  readout::fcost},
+    {"divprune",    true,  false, readout::rowsum},
+    {"uniform2d",   false, false, readout::rowsum},
+    {"distinct",    true,  false, readout::rowsum},
+};
+
+bool known_method(int32_t m) { return m >= 0 && m < TOPV_METHOD_COUNT; }
+
 int32_t check_params(const topv_params & p) {
-    if (p.method != TOPV_METHOD_TOPV && p.method != TOPV_METHOD_UNIFORM && p.method != TOPV_METHOD_NORM) {
+    if (!known_method(p.method)) {
         return TOPV_STATUS_BAD_PARAM;
     }
     const auto nonneg = [](float v) { return std::isfinite(v) && v >= 0.0f; };
@@ -127,7 +152,7 @@ std::vector<int32_t> top_indices(const std::vector<double> & scores, int64_t cou
     return order;
 }
 
-// TOPV.md step 7: the K - R best, plus R recovered at a regular stride from the rest.
+// Step 7: the K - R best, plus R recovered at a regular stride from the rest.
 std::vector<int32_t> select_with_recovery(const std::vector<double> & r, int64_t n_keep, double recover) {
     const int64_t n = (int64_t) r.size();
     const int64_t n_recover = (int64_t) std::floor(recover * (double) n_keep);
@@ -149,34 +174,41 @@ std::vector<int32_t> select_with_recovery(const std::vector<double> & r, int64_t
     return kept;
 }
 
-// The transport problem of TOPV.md steps 1-6. The N x N kernel is either stored
-// (N^2 doubles within max_scratch_bytes) or recomputed block by block on every
-// pass over it (iters + 2 passes), which bounds scratch memory at
-// O(N * ROW_BLOCK * threads).
+// The transport problem of docs/pass.md steps 1-6. The N x N kernel (and, for
+// the read-outs that need it, the scaled feature cost as float32) is either
+// stored (within max_scratch_bytes) or recomputed block by block on every pass
+// over it (iters + 2 passes), which bounds scratch memory at O(N * ROW_BLOCK * threads).
 class transport {
 public:
-    transport(const inputs & in, const std::vector<double> & source_sq, const std::vector<double> & target_sq)
-        : in_(in), n_(in.n), n_blocks_((in.n + ROW_BLOCK - 1) / ROW_BLOCK) {
+    transport(const inputs & in, const std::vector<double> & source_sq, const std::vector<double> & target_sq,
+              readout how)
+        : in_(in), n_(in.n), n_blocks_((in.n + ROW_BLOCK - 1) / ROW_BLOCK), how_(how),
+          needs_f_(how == readout::cost || how == readout::fcost) {
         row_stats(source_sq, ps_, ia_);
         row_stats(target_sq, pt_, ib_);
         spatial_terms();
         gemm_.resize((size_t) in.n_threads);
         gram_.resize((size_t) in.n_threads);
-        stored_ = (double) n_ * (double) n_ * sizeof(double) <= (double) in.p.max_scratch_bytes;
+        const double entry = sizeof(double) + (needs_f_ ? sizeof(float) : 0);
+        stored_ = (double) n_ * (double) n_ * entry <= (double) in.p.max_scratch_bytes;
         if (stored_) {
             kernel_.resize((size_t) (n_ * n_));
+            if (needs_f_) f_scaled_.resize((size_t) (n_ * n_));
         } else {
             rows_.resize((size_t) in.n_threads);
+            f_rows_.resize((size_t) in.n_threads);
         }
+        work_.resize((size_t) in.n_threads);
         feature_range();
     }
 
-    // Row sums of the plan: r_i = u_i (K v)_i after `iters` Sinkhorn iterations.
+    // The importance read out of the plan P = diag(u) K diag(v) after `iters`
+    // Sinkhorn iterations, with r_i = u_i (K v)_i the mass source i sends.
     std::vector<double> importance() {
         const topv_params & p = in_.p;
         const double marginal = 1.0 / (double) n_;
         const double lam = std::isinf(p.tau) ? 1.0 : (double) p.tau / ((double) p.tau + (double) p.eps);
-        std::vector<double> u((size_t) n_), v((size_t) n_, 1.0), kv((size_t) n_);
+        std::vector<double> u((size_t) n_), v((size_t) n_, 1.0);
         for (int it = 0; it < p.iters; ++it) {
             // u_i needs only row i of K v, so one sweep gives K v, u and K^T u
             const std::vector<double> ktu = sweep(v, [&](int64_t i, double kv_i) {
@@ -187,14 +219,44 @@ public:
                 v[j] = marginal / ktu[j];
             }
         }
-        sweep(v, [&](int64_t i, double kv_i) {
-            kv[i] = kv_i;
-            return 0.0;
+        std::vector<double> out((size_t) n_);
+        const double alpha = p.alpha, beta = p.beta, gamma = p.gamma;
+        for_each_block_f([&](int64_t b, const double * rows, const float * f_rows, int worker) {
+            std::vector<double> & w = work_[(size_t) worker];
+            w.resize((size_t) (2 * n_));
+            double * pv = w.data(), * c = w.data() + n_;
+            for (int64_t r = 0; r < block_rows(b); ++r) {
+                const int64_t i = b * ROW_BLOCK + r;
+                const double * row = rows + r * n_;
+                const double kv_i = dot(row, v.data(), n_);
+                switch (how_) {
+                    case readout::rowsum:
+                        out[i] = u[i] * kv_i;
+                        break;
+                    case readout::self: // P_ii / r_i = K_ii v_i / (K v)_i
+                        out[i] = row[i] * v[i] / kv_i;
+                        break;
+                    case readout::fcost: { // sum_j P_ij F_ij / r_i: u_i cancels
+                        const float * f = f_rows + r * n_;
+                        for (int64_t j = 0; j < n_; ++j) { pv[j] = row[j] * v[j]; c[j] = (double) f[j]; }
+                        out[i] = dot(pv, c, n_) / kv_i;
+                        break;
+                    }
+                    case readout::cost: { // sum_j P_ij C_ij
+                        const float * f = f_rows + r * n_;
+                        const double row_cost = gamma * central_[i];
+                        for (int64_t j = 0; j < n_; ++j) {
+                            const int32_t dx = std::abs(in_.x[i] - in_.x[j]), dy = std::abs(in_.y[i] - in_.y[j]);
+                            pv[j] = row[j] * v[j];
+                            c[j] = alpha * (double) f[j] + beta * spatial(dx, dy) + row_cost;
+                        }
+                        out[i] = u[i] * dot(pv, c, n_);
+                        break;
+                    }
+                }
+            }
         });
-        for (int64_t i = 0; i < n_; ++i) {
-            u[i] *= kv[i];
-        }
-        return u;
+        return out;
     }
 
 private:
@@ -209,14 +271,25 @@ private:
         }
     }
 
+    // P for a grid offset (|dx|, |dy|): from the table, or computed for grids too large to tabulate.
+    double spatial(int32_t dx, int32_t dy) const {
+        if (!spatial_.empty()) return spatial_[(size_t) dy * in_.w + dx];
+        const double d2 = (double) dx * dx + (double) dy * dy;
+        return 1.0 - std::exp(-d2 / two_sigma2_);
+    }
+
     void spatial_terms() {
         const double sigma_px = (double) in_.p.sigma * (double) std::max(in_.w, in_.h);
-        // P depends on (|dx|, |dy|) only: a W x H table instead of N^2 exponentials.
-        spatial_.resize((size_t) in_.w * in_.h);
-        for (int32_t dy = 0; dy < in_.h; ++dy) {
-            for (int32_t dx = 0; dx < in_.w; ++dx) {
-                const double d2 = (double) dx * dx + (double) dy * dy;
-                spatial_[(size_t) dy * in_.w + dx] = 1.0 - std::exp(-d2 / (2.0 * sigma_px * sigma_px));
+        two_sigma2_ = 2.0 * sigma_px * sigma_px;
+        // P depends on (|dx|, |dy|) only: a W x H table instead of N^2 exponentials (up to 8 MiB;
+        // a token grid is rarely larger, and then each pair computes its own).
+        if ((double) in_.w * (double) in_.h <= (double) (1 << 20)) {
+            spatial_.resize((size_t) in_.w * in_.h);
+            for (int32_t dy = 0; dy < in_.h; ++dy) {
+                for (int32_t dx = 0; dx < in_.w; ++dx) {
+                    const double d2 = (double) dx * dx + (double) dy * dy;
+                    spatial_[(size_t) dy * in_.w + dx] = 1.0 - std::exp(-d2 / two_sigma2_);
+                }
             }
         }
         const double cx = (in_.w - 1) / 2.0, cy = (in_.h - 1) / 2.0;
@@ -260,7 +333,7 @@ private:
             for (int64_t j = 0; j < n_; ++j) {
                 const int32_t dx = std::abs(in_.x[i] - in_.x[j]), dy = std::abs(in_.y[i] - in_.y[j]);
                 const double c = (double) p.alpha * (row[j] - f_min_) * inv_range
-                               + (double) p.beta * spatial_[(size_t) dy * in_.w + dx] + row_cost;
+                               + (double) p.beta * spatial(dx, dy) + row_cost;
                 row[j] = -c / (double) p.eps;
             }
             for (int64_t j = 0; j < n_; ++j) { // a separate loop, so that it vectorises
@@ -282,9 +355,43 @@ private:
         f_max_ = *std::max_element(hi.begin(), hi.end());
         if (stored_) {
             topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int) {
+                if (needs_f_) scale_features(b, &kernel_[(size_t) (b * ROW_BLOCK * n_)], &f_scaled_[(size_t) (b * ROW_BLOCK * n_)]);
                 feature_to_kernel(b, &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
             });
         }
+    }
+
+    // The min-max scaled feature cost of block b as float32 (for the read-outs only:
+    // the same bits whether stored or recomputed; the kernel uses the double value).
+    void scale_features(int64_t b, const double * f, float * out) const {
+        const double range = f_max_ - f_min_;
+        const double inv_range = range >= F_RANGE_MIN ? 1.0 / range : 0.0;
+        for (int64_t k = 0; k < block_rows(b) * n_; ++k) {
+            out[k] = (float) ((f[k] - f_min_) * inv_range);
+        }
+    }
+
+    // Calls fn(b, K rows, scaled F rows or NULL, worker) for every block, in parallel.
+    template <typename Fn>
+    void for_each_block_f(Fn && fn) {
+        topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
+            if (stored_) {
+                fn(b, (const double *) &kernel_[(size_t) (b * ROW_BLOCK * n_)],
+                   needs_f_ ? (const float *) &f_scaled_[(size_t) (b * ROW_BLOCK * n_)] : nullptr, worker);
+            } else {
+                double * rows = scratch_rows(worker);
+                feature_cost(b, worker, rows);
+                float * f = nullptr;
+                if (needs_f_) {
+                    std::vector<float> & fr = f_rows_[(size_t) worker];
+                    fr.resize((size_t) (ROW_BLOCK * n_));
+                    f = fr.data();
+                    scale_features(b, rows, f);
+                }
+                feature_to_kernel(b, rows);
+                fn(b, (const double *) rows, (const float *) f, worker);
+            }
+        });
     }
 
     double * scratch_rows(int worker) {
@@ -333,9 +440,12 @@ private:
     const inputs & in_;
     const int64_t n_;
     const int64_t n_blocks_;
+    const readout how_;
+    const bool needs_f_;
     bool stored_ = false;
     std::vector<double> ps_, ia_, pt_, ib_;  // per-row squared norm / d and 1 / rms
-    std::vector<double> spatial_;            // P by (|dx|, |dy|)
+    std::vector<double> spatial_;            // P by (|dx|, |dy|), or empty for huge grids
+    double two_sigma2_ = 1.0;
     std::vector<double> central_;            // E_i
     double f_min_ = 0.0, f_max_ = 0.0;
     std::vector<double> kernel_;             // stored K (N x N) or empty
@@ -343,17 +453,206 @@ private:
     std::vector<topv::gemm_scratch> gemm_;   // per worker
     std::vector<std::vector<double>> gram_;  // per worker
     std::vector<std::vector<double>> rows_;  // per worker, when K is not stored
+    std::vector<float> f_scaled_;            // stored scaled F (N x N) for the cost read-outs, or empty
+    std::vector<std::vector<float>> f_rows_; // per worker, when F is not stored
+    std::vector<std::vector<double>> work_;  // per worker, the read-out's row products
 };
 
-int32_t run(const inputs & in, std::vector<int32_t> & kept, std::vector<double> & scores) {
+// Cosine similarities of the source rows, cos_ij = s_i . s_j / (|s_i| |s_j|)
+// (0 where a row is all zeros), from the Gram kernel: the features of the
+// diversity baselines. Stored (N^2 doubles) within max_scratch_bytes, else
+// computed a block of rows at a time.
+class cosine {
+public:
+    cosine(const inputs & in, const std::vector<double> & source_sq)
+        : in_(in), n_(in.n), n_blocks_((in.n + ROW_BLOCK - 1) / ROW_BLOCK) {
+        inv_.resize((size_t) n_);
+        for (int64_t i = 0; i < n_; ++i) {
+            inv_[i] = source_sq[(size_t) i] > 0.0 ? 1.0 / std::sqrt(source_sq[(size_t) i]) : 0.0;
+        }
+        gemm_.resize((size_t) in.n_threads);
+        rows_.resize((size_t) in.n_threads);
+        stored_ = (double) n_ * (double) n_ * sizeof(double) <= (double) in.p.max_scratch_bytes;
+        if (stored_) {
+            matrix_.resize((size_t) (n_ * n_));
+            topv::parallel_for(n_blocks_, in.n_threads, [&](int64_t b, int worker) {
+                compute(b * ROW_BLOCK, std::min(n_, (b + 1) * ROW_BLOCK), worker, &matrix_[(size_t) (b * ROW_BLOCK * n_)]);
+            });
+        }
+    }
+
+    // 1 - max_{j != i} cos_ij for every row (1 for a lone token).
+    std::vector<double> distinctiveness() {
+        std::vector<double> out((size_t) n_);
+        topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
+            const int64_t i0 = b * ROW_BLOCK, i1 = std::min(n_, (b + 1) * ROW_BLOCK);
+            const double * rows = block(i0, i1, worker);
+            for (int64_t i = i0; i < i1; ++i) {
+                const double * row = rows + (i - i0) * n_;
+                double best = -INFINITY;
+                for (int64_t j = 0; j < n_; ++j) {
+                    if (j != i && row[j] > best) best = row[j];
+                }
+                out[i] = n_ > 1 ? 1.0 - best : 1.0;
+            }
+        });
+        return out;
+    }
+
+    // Row i of the cosine matrix (valid until the next call; worker 0's scratch).
+    const double * row(int64_t i) { return block(i, i + 1, 0); }
+
+private:
+    void compute(int64_t i0, int64_t i1, int worker, double * out) {
+        topv::gram_rows(in_.source, i0, i1, in_.source, n_, in_.d, out, gemm_[(size_t) worker]);
+        for (int64_t i = i0; i < i1; ++i) {
+            double * r = out + (i - i0) * n_;
+            for (int64_t j = 0; j < n_; ++j) r[j] *= inv_[i] * inv_[j];
+        }
+    }
+
+    const double * block(int64_t i0, int64_t i1, int worker) {
+        if (stored_) return &matrix_[(size_t) (i0 * n_)];
+        std::vector<double> & r = rows_[(size_t) worker];
+        r.resize((size_t) ((i1 - i0) * n_));
+        compute(i0, i1, worker, r.data());
+        return r.data();
+    }
+
+    const inputs & in_;
+    const int64_t n_;
+    const int64_t n_blocks_;
+    bool stored_ = false;
+    std::vector<double> inv_;                // 1 / |s_i|, or 0
+    std::vector<double> matrix_;             // stored N x N, or empty
+    std::vector<topv::gemm_scratch> gemm_;   // per worker
+    std::vector<std::vector<double>> rows_;  // per worker, when not stored
+};
+
+// DivPrune (max-min diversity), greedily: the first token is the most distinctive
+// (largest distance 1 - cos to its nearest other token), each next one the token
+// farthest from its nearest already chosen token; ties to the lower index.
+// Scores: K - t for the token chosen at step t, 0 for the others.
+void divprune(const inputs & in, cosine & cs, std::vector<int32_t> & kept, std::vector<double> & scores) {
+    const int64_t n = in.n;
+    const std::vector<double> first = cs.distinctiveness();
+    std::vector<double> nearest((size_t) n, INFINITY); // distance to the nearest chosen token
+    std::vector<char> taken((size_t) n, 0);
+    kept.clear();
+    for (int64_t t = 0; t < in.n_keep; ++t) {
+        const std::vector<double> & gain = t == 0 ? first : nearest;
+        int64_t pick = -1;
+        for (int64_t j = 0; j < n; ++j) {
+            if (!taken[j] && (pick < 0 || gain[j] > gain[pick])) pick = j;
+        }
+        taken[pick] = 1;
+        kept.push_back((int32_t) pick);
+        scores[pick] = (double) (in.n_keep - t);
+        if (t + 1 < in.n_keep) {
+            const double * row = cs.row(pick);
+            for (int64_t j = 0; j < n; ++j) nearest[j] = std::min(nearest[j], 1.0 - row[j]);
+        }
+    }
+    std::sort(kept.begin(), kept.end());
+}
+
+// An even 2-D lattice of exactly K points over the W x H grid: gy rows (about
+// sqrt(K H / W), so that the spacing is about the same both ways), row r at
+// y = floor((2r + 1) H / (2 gy)) with its share of K (floor((r + 1) K / gy) -
+// floor(r K / gy)) at x = floor((2k + 1) W / (2 m)). Each point takes the nearest
+// token not yet taken (squared grid distance, ties to the lower index): on a
+// full raster grid, exactly the token in that cell.
+std::vector<int32_t> lattice(const inputs & in) {
+    const int64_t n = in.n, k_total = in.n_keep, w = in.w, h = in.h;
+    std::vector<int32_t> kept;
+    kept.reserve((size_t) k_total);
+    if (k_total == n) {
+        for (int64_t i = 0; i < n; ++i) kept.push_back((int32_t) i);
+        return kept;
+    }
+    int64_t gy = (int64_t) std::floor(std::sqrt((double) k_total * (double) h / (double) w) + 0.5);
+    gy = std::max(gy, (k_total + w - 1) / w);
+    gy = std::max<int64_t>(1, std::min(gy, std::min(h, k_total)));
+    // tokens ordered by cell, then index: a cell's tokens without a W x H table
+    std::vector<int32_t> order((size_t) n);
+    std::iota(order.begin(), order.end(), 0);
+    const auto cell_less = [&](int32_t a, int32_t b) {
+        if (in.y[a] != in.y[b]) return in.y[a] < in.y[b];
+        if (in.x[a] != in.x[b]) return in.x[a] < in.x[b];
+        return a < b;
+    };
+    std::sort(order.begin(), order.end(), cell_less);
+    std::vector<char> taken((size_t) n, 0);
+    for (int64_t r = 0; r < gy; ++r) {
+        const int64_t m = (r + 1) * k_total / gy - r * k_total / gy;
+        const int64_t py = (2 * r + 1) * h / (2 * gy);
+        for (int64_t k = 0; k < m; ++k) {
+            const int64_t px = (2 * k + 1) * w / (2 * m);
+            int64_t pick = -1;
+            auto it = std::lower_bound(order.begin(), order.end(), 0, [&](int32_t a, int) {
+                return in.y[a] < py || (in.y[a] == py && in.x[a] < px);
+            });
+            for (; it != order.end() && in.y[*it] == py && in.x[*it] == px; ++it) {
+                if (!taken[*it]) { pick = *it; break; }
+            }
+            if (pick < 0) { // the cell is empty or used up: the nearest free token
+                int64_t best = INT64_MAX;
+                for (int64_t i = 0; i < n; ++i) {
+                    if (taken[i]) continue;
+                    const int64_t dx = in.x[i] - px, dy = in.y[i] - py, d2 = dx * dx + dy * dy;
+                    if (d2 < best) { best = d2; pick = i; }
+                }
+            }
+            taken[pick] = 1;
+            kept.push_back((int32_t) pick);
+        }
+    }
+    std::sort(kept.begin(), kept.end());
+    return kept;
+}
+
+// The float32 Gram kernel overflows for rows with |x|^2 above ~3e38. Features that
+// large (finite, but far beyond any model's) are scaled by a power of two, exactly,
+// into a copy whose rows stay below GRAM_SQ_MAX; every method that uses the Gram
+// product is invariant to that scale (up to RMS_EPS, negligible at that size).
+constexpr double GRAM_SQ_MAX = 1e30;
+
+void fit_gram_range(const float *& x, int64_t n, int64_t d, int n_threads, std::vector<double> & sum_sq,
+                    std::vector<float> & copy) {
+    const double peak = *std::max_element(sum_sq.begin(), sum_sq.end());
+    if (peak <= GRAM_SQ_MAX) return;
+    const int shift = (int) std::ceil(std::log2(peak / GRAM_SQ_MAX) / 2.0) + 1;
+    copy.resize((size_t) (n * d));
+    for (int64_t k = 0; k < n * d; ++k) copy[(size_t) k] = std::ldexp(x[k], -shift);
+    x = copy.data();
+    row_sum_squares(x, n, d, n_threads, sum_sq);
+}
+
+int32_t run(const inputs & in_raw, std::vector<int32_t> & kept, std::vector<double> & scores) {
+    inputs in = in_raw;
+    const method_info & m = METHOD_TABLE[in.p.method];
     std::vector<double> source_sq, target_sq;
-    if (in.p.method != TOPV_METHOD_UNIFORM && !row_sum_squares(in.source, in.n, in.d, in.n_threads, source_sq)) {
+    if (m.source && !row_sum_squares(in.source, in.n, in.d, in.n_threads, source_sq)) {
         return TOPV_STATUS_NONFINITE;
     }
-    if (in.p.method == TOPV_METHOD_TOPV && !row_sum_squares(in.target, in.n, in.d, in.n_threads, target_sq)) {
+    if (m.target && !row_sum_squares(in.target, in.n, in.d, in.n_threads, target_sq)) {
         return TOPV_STATUS_NONFINITE;
+    }
+    std::vector<float> source_copy, target_copy;
+    if (in.p.method != TOPV_METHOD_NORM) { // norm reads the raw norms, not the Gram product
+        if (m.source) fit_gram_range(in.source, in.n, in.d, in.n_threads, source_sq, source_copy);
+        if (m.target) fit_gram_range(in.target, in.n, in.d, in.n_threads, target_sq, target_copy);
     }
     scores.assign((size_t) in.n, 0.0);
+    if (m.target) { // the transport methods
+        transport t(in, source_sq, target_sq, m.how);
+        scores = t.importance();
+        for (double s : scores) {
+            if (!std::isfinite(s) || s < 0.0) return TOPV_STATUS_NUMERIC;
+        }
+        kept = select_with_recovery(scores, in.n_keep, (double) in.p.recover);
+        return TOPV_STATUS_OK;
+    }
     switch (in.p.method) {
         case TOPV_METHOD_UNIFORM:
             kept.resize((size_t) in.n_keep);
@@ -369,17 +668,26 @@ int32_t run(const inputs & in, std::vector<int32_t> & kept, std::vector<double> 
             kept = top_indices(scores, in.n_keep);
             std::sort(kept.begin(), kept.end());
             return TOPV_STATUS_OK;
-        case TOPV_METHOD_TOPV: {
-            transport t(in, source_sq, target_sq);
-            scores = t.importance();
-            for (double s : scores) {
-                if (!std::isfinite(s) || s < 0.0) return TOPV_STATUS_NUMERIC;
-            }
-            kept = select_with_recovery(scores, in.n_keep, (double) in.p.recover);
+        case TOPV_METHOD_UNIFORM2D:
+            kept = lattice(in);
+            for (int32_t i : kept) scores[i] = 1.0;
+            return TOPV_STATUS_OK;
+        case TOPV_METHOD_DISTINCT: {
+            cosine cs(in, source_sq);
+            scores = cs.distinctiveness();
+            kept = top_indices(scores, in.n_keep);
+            std::sort(kept.begin(), kept.end());
             return TOPV_STATUS_OK;
         }
+        case TOPV_METHOD_DIVPRUNE: {
+            cosine cs(in, source_sq);
+            divprune(in, cs, kept, scores);
+            return TOPV_STATUS_OK;
+        }
+        default:
+            break;
     }
-    return TOPV_STATUS_BAD_PARAM;
+    return TOPV_STATUS_INTERNAL;
 }
 
 } // namespace
@@ -400,6 +708,18 @@ struct topv_params topv_default_params(void) {
     p.n_threads         = 0;
     p.max_scratch_bytes = (size_t) 256 << 20;
     return p;
+}
+
+const char * topv_method_name(int32_t method) {
+    return known_method(method) ? METHOD_TABLE[method].name : nullptr;
+}
+
+int32_t topv_method_from_name(const char * name) {
+    if (!name) return -1;
+    for (int32_t m = 0; m < TOPV_METHOD_COUNT; ++m) {
+        if (std::strcmp(name, METHOD_TABLE[m].name) == 0) return m;
+    }
+    return -1;
 }
 
 const char * topv_status_string(int32_t status) {
@@ -434,8 +754,8 @@ int64_t topv_keep_count(int64_t n_tokens, double ratio) {
 int32_t topv_select(const float * source, const float * target, int64_t n_tokens, int64_t n_embd,
                     const int32_t * pos_x, const int32_t * pos_y, int32_t grid_w, int32_t grid_h,
                     int64_t n_keep, struct topv_params params, int32_t * kept, double * scores) {
-    const bool needs_source = params.method != TOPV_METHOD_UNIFORM;
-    const bool needs_target = params.method == TOPV_METHOD_TOPV;
+    const bool needs_source = known_method(params.method) && METHOD_TABLE[params.method].source;
+    const bool needs_target = known_method(params.method) && METHOD_TABLE[params.method].target;
     if ((needs_source && !source) || (needs_target && !target) || !pos_x || !pos_y || !kept) {
         return TOPV_STATUS_NULL_ARGUMENT;
     }

@@ -60,7 +60,8 @@ static void test_argument_checks(void) {
     q = p; q.iters = 0;                              EXPECT(select_k(5, q, kept, scores) == TOPV_STATUS_BAD_PARAM);
     q = p; q.recover = 1.5f;                         EXPECT(select_k(5, q, kept, scores) == TOPV_STATUS_BAD_PARAM);
     q = p; q.tau = 0.0f;                             EXPECT(select_k(5, q, kept, scores) == TOPV_STATUS_BAD_PARAM);
-    q = p; q.method = 7;                             EXPECT(select_k(5, q, kept, scores) == TOPV_STATUS_BAD_PARAM);
+    q = p; q.method = TOPV_METHOD_COUNT;             EXPECT(select_k(5, q, kept, scores) == TOPV_STATUS_BAD_PARAM);
+    q = p; q.method = -1;                            EXPECT(select_k(5, q, kept, scores) == TOPV_STATUS_BAD_PARAM);
     q = p; q.eps = 1e-3f;                            EXPECT(select_k(5, q, kept, scores) == TOPV_STATUS_EPS_RANGE);
     EXPECT(topv_check_params(q) == TOPV_STATUS_EPS_RANGE);
     q = p; q.tau = INFINITY;                         EXPECT(topv_check_params(q) == TOPV_STATUS_OK);
@@ -91,12 +92,25 @@ static int is_valid_selection(const int32_t * kept, int64_t k) {
     return 1;
 }
 
+static void test_method_names(void) {
+    EXPECT(TOPV_METHOD_COUNT == 9);
+    for (int32_t m = 0; m < TOPV_METHOD_COUNT; ++m) {
+        const char * name = topv_method_name(m);
+        EXPECT(name != NULL && topv_method_from_name(name) == m);
+    }
+    EXPECT(strcmp(topv_method_name(TOPV_METHOD_TOPV), "topv") == 0);
+    EXPECT(strcmp(topv_method_name(TOPV_METHOD_UNIFORM2D), "uniform2d") == 0);
+    EXPECT(topv_method_name(-1) == NULL && topv_method_name(TOPV_METHOD_COUNT) == NULL);
+    EXPECT(topv_method_from_name(NULL) == -1 && topv_method_from_name("") == -1);
+    EXPECT(topv_method_from_name("TopV") == -1 && topv_method_from_name("topv ") == -1);
+}
+
 static void test_selection(void) {
     struct topv_params p = topv_default_params();
     int32_t kept[N], kept2[N];
     double  scores[N], scores2[N];
 
-    for (int method = 0; method < 3; ++method) {
+    for (int method = 0; method < TOPV_METHOD_COUNT; ++method) {
         p.method = method;
         for (int64_t k = 1; k <= N; k += 13) {
             EXPECT(select_k(k, p, kept, scores) == TOPV_STATUS_OK);
@@ -134,6 +148,14 @@ static void test_selection(void) {
         const int32_t zero = 0;
         int32_t k1 = -1;
         double r1 = -1.0;
+        /* one token sends all the mass (1) to its own target, at a (constant, so zero) feature cost */
+        p.method = TOPV_METHOD_TOPV_FCOST;
+        EXPECT(topv_select(&s1, &t1, 1, 1, &zero, &zero, 1, 1, 1, p, &k1, &r1) == TOPV_STATUS_OK);
+        EXPECT(k1 == 0 && fabs(r1) < 1e-12);
+        p.method = TOPV_METHOD_TOPV_ROWSUM;
+        EXPECT(topv_select(&s1, &t1, 1, 1, &zero, &zero, 1, 1, 1, p, &k1, &r1) == TOPV_STATUS_OK);
+        EXPECT(k1 == 0 && fabs(r1 - 1.0) < 1e-12);
+        p.method = TOPV_METHOD_TOPV;
         EXPECT(topv_select(&s1, &t1, 1, 1, &zero, &zero, 1, 1, 1, p, &k1, &r1) == TOPV_STATUS_OK);
         EXPECT(k1 == 0 && fabs(r1 - 1.0) < 1e-12);
     }
@@ -143,6 +165,7 @@ int main(void) {
     make_inputs(1234);
     test_argument_checks();
     test_selection();
+    test_method_names();
     if (failures) {
         fprintf(stderr, "%d failed\n", failures);
         return 1;

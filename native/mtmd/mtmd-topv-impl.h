@@ -1,0 +1,79 @@
+// mtmd-topv-impl.h - internal to libmtmd: the TopV stage's state, the facts mtmd hands it, the layout table.
+//
+// The stage's code lives in the topv-edge tree (native/mtmd/); llama.cpp keeps only hooks (patches/):
+//   mtmd.cpp        owns mtmd_context (with a mtmd_topv_state in it) and mtmd_image_tokens, and answers
+//                   mtmd_topv_state_of() and mtmd_topv_image_facts_of() from them;
+//   clip.cpp        answers clip_get_model() (the vision tower's hyperparameters and tensors);
+//   mtmd-helper.cpp hands every image chunk to mtmd_topv_try_decode_image_chunk() before the stock decode.
+#pragma once
+
+#include "mtmd-topv.h"
+#include "mtmd-helper.h"
+
+#include <string>
+#include <vector>
+
+struct clip_ctx;
+
+struct mtmd_topv_state {
+    mtmd_topv_params params = mtmd_topv_default_params();
+    mtmd_topv_stats  stats  = {};
+    std::string      reason; // why the last image was not pruned (empty when it was)
+
+    // buffers of the last image, reused across images
+    std::vector<float>   source;    // n_grid x n_embd
+    std::vector<float>   target;    // n_grid x n_embd
+    std::vector<float>   kept_embd; // n_kept x row width
+    std::vector<int32_t> kept;      // chunk token indices, ascending
+    std::vector<double>  scores;    // n_grid
+    std::vector<int32_t> grid_kept; // pass output: indices into the grid tokens
+};
+
+// what mtmd knows of an image chunk, read off its private structs by the hook in mtmd.cpp
+struct mtmd_topv_image_facts {
+    const clip_ctx * ctx_v;        // the vision tower
+    int32_t  proj_type;            // enum projector_type (clip-impl.h)
+    int32_t  pos_type;             // mtmd's position type: 0 normal, 1 M-RoPE, 2 HunyuanVL
+    uint32_t nx, ny;               // mtmd_image_tokens nx, ny (ordinary RoPE models: often n_tokens x 1)
+    uint32_t n_tokens;
+    uint32_t n_temporal_merge;
+    size_t   n_entries;            // preprocessed images in the chunk (1: one picture, no slices or frames)
+    int32_t  entry_nx, entry_ny;   // pixel size of the first preprocessed image
+};
+
+// defined in mtmd.cpp (the hooks)
+mtmd_topv_state       * mtmd_topv_state_of(mtmd_context * ctx);
+const mtmd_topv_state * mtmd_topv_state_of(const mtmd_context * ctx);
+bool mtmd_topv_image_facts_of(const mtmd_context * ctx, const mtmd_image_tokens * img, mtmd_topv_image_facts * out);
+const clip_ctx * mtmd_topv_vision_of(const mtmd_context * ctx); // the vision tower, nullptr if none
+
+// What the layout table says about one image chunk: which of its tokens form the grid the pass sees (and where),
+// which tokens are structural (always kept), and how wide a row of the chunk's embedding is.
+struct mtmd_topv_chunk_layout {
+    int32_t grid_w = 0, grid_h = 0;
+    std::vector<int32_t> grid_tokens;   // chunk token index of each grid token, ascending
+    std::vector<int32_t> pos_x, pos_y;  // its grid cell
+    std::vector<int32_t> always_kept;   // structural tokens inside the chunk (row breaks, begin/end), ascending
+    int64_t row_width = 0;              // floats per token in the chunk's embedding (n_embd_inp, wider with deepstack)
+    int64_t n_embd = 0;                 // floats per probed feature (the text model's hidden size)
+    int32_t n_deepstack = 0;            // deepstack slices after the main n_embd of each row (Qwen3-VL)
+    std::string target_node = "ffn_norm"; // the text architecture's post-attention norm (pass target), without "-<il>"
+    bool recurrent = false;             // the memory has a recurrent part (hybrid models): saved/restored around the probe
+};
+
+// names of the graph nodes the probe reads for layer `layer`: the layer's input (empty: the embeddings) and output
+void mtmd_topv_probe_nodes(const mtmd_topv_chunk_layout & layout, int32_t layer, std::string * source, std::string * target);
+
+// Fills `out` and returns true when the table prunes this chunk; otherwise returns false with the reason.
+bool mtmd_topv_resolve_layout(const mtmd_context * ctx, const mtmd_image_tokens * img, const llama_model * model,
+                              mtmd_topv_chunk_layout * out, std::string * reason);
+
+// Decodes an encoded image chunk with pruning. Returns false when the stage does not handle the chunk
+// (pruning off, unknown layout, ...): the caller then decodes it unpruned, as stock llama.cpp does, and
+// reports the time with mtmd_topv_note_unpruned(). When it returns true, *ret is the decode result.
+bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, const mtmd_input_chunk * chunk,
+                                      const float * embd, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch,
+                                      llama_pos * new_n_past, mtmd_helper_post_decode_callback callback,
+                                      void * user_data, int32_t * ret);
+
+void mtmd_topv_note_unpruned(mtmd_context * ctx, double decode_ms);

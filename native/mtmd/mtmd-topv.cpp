@@ -1,0 +1,467 @@
+// mtmd-topv.cpp - visual-token pruning inside llama.cpp's mtmd decode path: probe, pass, decode of the kept tokens.
+//
+// Part of topv-edge, compiled into libmtmd (mtmd-topv.cmake). The pass itself (topv_select) is native/src; which
+// chunks are pruned and how their tokens form a grid is the layout table's (mtmd-topv-layouts.cpp).
+
+#include "mtmd-topv-impl.h"
+#include "mtmd-helper-common.h"
+
+#include "ggml-backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+static double topv_ms_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+//
+// public parameters and results
+//
+
+struct mtmd_topv_params mtmd_topv_default_params(void) {
+    mtmd_topv_params p;
+    p.enabled    = false;
+    p.keep_ratio = 0.25f;
+    p.keep_count = 0;
+    p.layer      = 2;
+    p.pass       = topv_default_params();
+    p.renumber_positions = false;
+    return p;
+}
+
+int32_t mtmd_topv_set_params(mtmd_context * ctx, const mtmd_topv_params * params) {
+    if (!ctx || !params) {
+        return TOPV_STATUS_NULL_ARGUMENT;
+    }
+    const bool ratio_ok = params->keep_ratio > 0.0f && params->keep_ratio <= 1.0f; // false for NaN too
+    if (params->keep_count < 0 || (params->keep_count == 0 && !ratio_ok)) {
+        return TOPV_STATUS_BAD_KEEP;
+    }
+    if (params->layer < 0) {
+        return TOPV_STATUS_BAD_PARAM;
+    }
+    const int32_t st = topv_check_params(params->pass);
+    if (st != TOPV_STATUS_OK) {
+        return st;
+    }
+    mtmd_topv_state_of(ctx)->params = *params;
+    return TOPV_STATUS_OK;
+}
+
+struct mtmd_topv_params mtmd_topv_get_params(const mtmd_context * ctx) {
+    return ctx ? mtmd_topv_state_of(ctx)->params : mtmd_topv_default_params();
+}
+
+int32_t mtmd_topv_enable(mtmd_context * ctx, const llama_model * model, float keep_ratio, int32_t keep_count,
+                         int32_t layer, const char * method) {
+    if (model && layer >= llama_model_n_layer(model) - 1) {
+        LOG_ERR("topv: layer %d is out of range: this model has %d layers, so the probe layer must be 0..%d\n",
+                layer, llama_model_n_layer(model), llama_model_n_layer(model) - 2);
+        return TOPV_STATUS_BAD_PARAM;
+    }
+    if (model) {
+        char why[512];
+        if (mtmd_topv_check_model(ctx, model, why, sizeof(why)) != 0) {
+            LOG_WRN("topv: %s\n", why);
+        }
+    }
+    mtmd_topv_params p = mtmd_topv_default_params();
+    p.enabled     = true;
+    p.keep_ratio  = keep_ratio;
+    p.keep_count  = keep_count;
+    p.layer       = layer;
+    if (method && method[0]) {
+        p.pass.method = topv_method_from_name(method);
+        if (p.pass.method < 0) {
+            std::string known;
+            for (int32_t m = 0; topv_method_name(m); m++) {
+                known += std::string(m ? ", " : "") + topv_method_name(m);
+            }
+            LOG_ERR("topv: unknown method '%s' (known: %s)\n", method, known.c_str());
+            return TOPV_STATUS_BAD_PARAM;
+        }
+    }
+    const int32_t ret = mtmd_topv_set_params(ctx, &p);
+    if (ret != 0) {
+        LOG_ERR("topv: invalid parameters: %s\n", topv_status_string(ret));
+    } else if (keep_count > 0) {
+        LOG_INF("topv: pruning images to %d tokens at layer %d (%s)\n", keep_count, layer, topv_method_name(p.pass.method));
+    } else {
+        LOG_INF("topv: pruning images to %.3g of their tokens at layer %d (%s)\n", keep_ratio, layer, topv_method_name(p.pass.method));
+    }
+    return ret;
+}
+
+const char * mtmd_topv_result_string(int32_t result) {
+    switch (result) {
+        case MTMD_TOPV_PRUNED:             return "pruned";
+        case MTMD_TOPV_DISABLED:           return "pruning is off";
+        case MTMD_TOPV_KEEP_ALL:           return "keep covers every token";
+        case MTMD_TOPV_UNSUPPORTED_LAYOUT: return "the image's token layout is not one the stage prunes";
+        case MTMD_TOPV_UBATCH_TOO_SMALL:   return "the image has more tokens than n_batch/n_ubatch (the probe needs the whole image in one ubatch)";
+        case MTMD_TOPV_LAYER_OUT_OF_RANGE: return "the TopV layer must be below the model's last layer";
+        case MTMD_TOPV_PROBE_FAILED:       return "the probe did not see the layer's features";
+        case MTMD_TOPV_PASS_FAILED:        return "the TopV pass failed";
+        default:                           return "unknown result";
+    }
+}
+
+struct mtmd_topv_stats mtmd_topv_get_stats(const mtmd_context * ctx) {
+    return ctx ? mtmd_topv_state_of(ctx)->stats : mtmd_topv_stats{};
+}
+
+const char * mtmd_topv_get_reason(const mtmd_context * ctx) {
+    if (!ctx) {
+        return "no mtmd context";
+    }
+    const mtmd_topv_state * st = mtmd_topv_state_of(ctx);
+    return st->reason.empty() ? mtmd_topv_result_string(st->stats.result) : st->reason.c_str();
+}
+
+const char * mtmd_topv_format_stats(const mtmd_context * ctx, char * buf, size_t size) {
+    if (!buf || size == 0) {
+        return buf;
+    }
+    const mtmd_topv_stats s = mtmd_topv_get_stats(ctx);
+    if (s.result == MTMD_TOPV_PRUNED) {
+        snprintf(buf, size, "topv: image %dx%d: %d tokens -> %d kept (layer %d), probe %.1f ms, pass %.1f ms, decode %.1f ms",
+                 s.grid_w, s.grid_h, s.n_tokens, s.n_kept, mtmd_topv_get_params(ctx).layer, s.probe_ms, s.pass_ms, s.decode_ms);
+    } else {
+        snprintf(buf, size, "topv: image of %d tokens decoded unpruned (%s), decode %.1f ms",
+                 s.n_tokens, mtmd_topv_get_reason(ctx), s.decode_ms);
+    }
+    return buf;
+}
+
+static bool topv_last_pruned(const mtmd_context * ctx) {
+    return ctx && mtmd_topv_state_of(ctx)->stats.result == MTMD_TOPV_PRUNED;
+}
+
+const int32_t * mtmd_topv_get_kept(const mtmd_context * ctx) {
+    return topv_last_pruned(ctx) ? mtmd_topv_state_of(ctx)->kept.data() : nullptr;
+}
+
+const double * mtmd_topv_get_scores(const mtmd_context * ctx) {
+    return topv_last_pruned(ctx) ? mtmd_topv_state_of(ctx)->scores.data() : nullptr;
+}
+
+const float * mtmd_topv_get_features(const mtmd_context * ctx, bool target) {
+    if (!topv_last_pruned(ctx)) {
+        return nullptr;
+    }
+    const mtmd_topv_state * st = mtmd_topv_state_of(ctx);
+    return target ? st->target.data() : st->source.data();
+}
+
+void mtmd_topv_note_unpruned(mtmd_context * ctx, double decode_ms) {
+    mtmd_topv_state_of(ctx)->stats.decode_ms = decode_ms;
+}
+
+//
+// the probe: a graph of layers 0..Li+1 only (llama_set_n_layer_limit), whose layer input and post-attention norm
+// output of layer Li an eval callback copies out
+//
+
+struct topv_probe {
+    std::string source_name; // "l_out-<Li-1>" ("deepstack_out-<Li-1>" after a deepstack add), empty when Li = 0 (the embeddings)
+    std::string target_name; // "ffn_norm-<Li>" (the architecture's post-attention norm: mtmd_topv_probe_nodes)
+    int64_t n_tokens = 0;
+    int64_t n_embd   = 0;
+    float * source   = nullptr; // n_tokens x n_embd: every token of the chunk, structural ones included
+    float * target   = nullptr;
+    bool got_source  = false;
+    bool got_target  = false;
+    bool bad_shape   = false;
+    int32_t max_layer = -1; // highest "-<il>" of the nodes the scheduler computed (stats.probe_max_layer)
+};
+
+// the layer of a graph node named "<name>-<il>" (llama.cpp's graph callback; views and reshapes append " (...)"), or -1
+static int32_t topv_node_layer(const char * name) {
+    const char * end = strchr(name, ' ');
+    end = end ? end : name + strlen(name);
+    const char * p = end;
+    while (p > name && p[-1] >= '0' && p[-1] <= '9') {
+        p--;
+    }
+    if (p == end || p == name || p[-1] != '-' || end - p > 6) {
+        return -1;
+    }
+    return (int32_t) strtol(p, nullptr, 10);
+}
+
+static bool topv_probe_eval_cb(struct ggml_tensor * t, bool ask, void * user_data) {
+    auto * p = static_cast<topv_probe *>(user_data);
+    const bool is_source = !p->got_source && !p->source_name.empty() && p->source_name == t->name;
+    const bool is_target = !p->got_target && p->target_name == t->name;
+    if (ask) {
+        // the scheduler asks about every node before it computes it
+        p->max_layer = std::max(p->max_layer, topv_node_layer(t->name));
+        return is_source || is_target; // only these nodes need to be computed and handed to us
+    }
+    if (!is_source && !is_target) {
+        return true;
+    }
+    if (t->type != GGML_TYPE_F32 || t->ne[0] != p->n_embd || t->ne[1] != p->n_tokens || !ggml_is_contiguous(t)) {
+        p->bad_shape = true;
+        return false;
+    }
+    ggml_backend_tensor_get(t, is_source ? p->source : p->target, 0, ggml_nbytes(t));
+    (is_source ? p->got_source : p->got_target) = true;
+    // after the target (which comes after the source) the rest of this split is not needed: false skips it. The
+    // layer limit bounds what the other splits (other backends of a partial offload) compute.
+    return !p->got_target;
+}
+
+// the context's eval callback and layer limit, put back on every exit path
+struct topv_probe_scope {
+    llama_context * lctx;
+    ggml_backend_sched_eval_callback eval_cb = nullptr;
+    void *   eval_ud     = nullptr;
+    uint32_t layer_limit = 0;
+
+    topv_probe_scope(llama_context * lctx, topv_probe * probe, uint32_t n_layer) : lctx(lctx) {
+        llama_get_eval_callback(lctx, &eval_cb, &eval_ud);
+        layer_limit = llama_get_n_layer_limit(lctx);
+        llama_set_eval_callback(lctx, topv_probe_eval_cb, probe);
+        llama_set_n_layer_limit(lctx, n_layer);
+    }
+    ~topv_probe_scope() {
+        llama_set_eval_callback(lctx, eval_cb, eval_ud);
+        llama_set_n_layer_limit(lctx, layer_limit);
+    }
+};
+
+// same as the helper's: non-causal attention for the image when the model wants it (Gemma 3)
+struct topv_scope_non_causal {
+    llama_context * lctx;
+    bool enabled;
+    topv_scope_non_causal(llama_context * lctx, bool enabled) : lctx(lctx), enabled(enabled) {
+        if (enabled) {
+            llama_set_causal_attn(lctx, false);
+        }
+    }
+    ~topv_scope_non_causal() {
+        if (enabled) {
+            llama_set_causal_attn(lctx, true);
+        }
+    }
+};
+
+// positions of chunk tokens idx[0..n) (all tokens when idx is null): their original ones, so pruned tokens leave gaps
+static void topv_fill_positions(decode_embd_batch & batch, const mtmd_input_chunk * chunk, mtmd_context * ctx,
+                                llama_pos n_past, llama_seq_id seq_id, const int32_t * idx, int32_t n,
+                                bool renumber = false) {
+    batch.seq_id = seq_id;
+    if (mtmd_decode_use_mrope(ctx)) {
+        const mtmd_image_tokens * image_tokens = mtmd_input_chunk_get_tokens_image(chunk);
+        for (int32_t j = 0; j < n; j++) {
+            const mtmd_decoder_pos p = mtmd_image_tokens_get_decoder_pos(image_tokens, n_past, idx ? idx[j] : j);
+            batch.pos[(size_t) j                  ] = p.t; // section-major: t, y, x, z
+            batch.pos[(size_t) j + (size_t) n     ] = p.y;
+            batch.pos[(size_t) j + (size_t) n * 2 ] = p.x;
+            batch.pos[(size_t) j + (size_t) n * 3 ] = p.z;
+        }
+    } else {
+        for (int32_t j = 0; j < n; j++) {
+            batch.pos[j] = n_past + ((idx && !renumber) ? idx[j] : j);
+        }
+    }
+}
+
+bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, const mtmd_input_chunk * chunk,
+                                      const float * embd, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch,
+                                      llama_pos * new_n_past, mtmd_helper_post_decode_callback callback,
+                                      void * user_data, int32_t * ret) {
+    mtmd_topv_state & st = *mtmd_topv_state_of(ctx);
+    const mtmd_topv_params & prm = st.params;
+    const int32_t n_tokens = (int32_t) mtmd_input_chunk_get_n_tokens(chunk);
+    const llama_model * model = llama_get_model(lctx);
+    const int32_t n_embd   = llama_model_n_embd(model); // probed features; an image row may be wider (deepstack)
+    const int32_t n_layer  = llama_model_n_layer(model);
+
+    st.stats = {};
+    st.stats.probe_max_layer = -1;
+    st.stats.n_tokens = n_tokens;
+    st.stats.n_kept   = n_tokens;
+    st.stats.n_embd   = n_embd;
+    st.reason.clear();
+
+    auto decline = [&](mtmd_topv_result why, std::string reason = "") {
+        st.stats.result = why;
+        st.reason = reason.empty() ? mtmd_topv_result_string(why) : reason;
+        if (why != MTMD_TOPV_DISABLED && why != MTMD_TOPV_KEEP_ALL) {
+            LOG_WRN("topv: image of %d tokens decoded unpruned: %s\n", n_tokens, st.reason.c_str());
+        }
+        return false;
+    };
+
+    if (!prm.enabled) {
+        return decline(MTMD_TOPV_DISABLED);
+    }
+    const mtmd_image_tokens * image_tokens = mtmd_input_chunk_get_tokens_image(chunk);
+    mtmd_topv_chunk_layout layout;
+    std::string why_not;
+    if (!image_tokens || !mtmd_topv_resolve_layout(ctx, image_tokens, model, &layout, &why_not)) {
+        return decline(MTMD_TOPV_UNSUPPORTED_LAYOUT, why_not);
+    }
+    st.stats.grid_w = layout.grid_w;
+    st.stats.grid_h = layout.grid_h;
+    st.stats.n_grid = (int32_t) layout.grid_tokens.size();
+    st.stats.n_always_kept = (int32_t) layout.always_kept.size();
+
+    // keep applies to the grid tokens; structural tokens are kept on top of it
+    const int32_t n_grid = (int32_t) layout.grid_tokens.size();
+    const int64_t k = prm.keep_count > 0 ? std::min<int64_t>(prm.keep_count, n_grid)
+                                         : topv_keep_count(n_grid, prm.keep_ratio);
+    if (k < 1) {
+        return decline(MTMD_TOPV_PASS_FAILED, "the keep count is below one token");
+    }
+    if (k >= n_grid) {
+        return decline(MTMD_TOPV_KEEP_ALL); // nothing to prune: the stock path, bit for bit
+    }
+    if (prm.layer >= n_layer - 1) {
+        return decline(MTMD_TOPV_LAYER_OUT_OF_RANGE, "the TopV layer " + std::to_string(prm.layer) +
+                       " must be below the model's last layer (0.." + std::to_string(n_layer - 2) + ")");
+    }
+    if ((int32_t) llama_n_ubatch(lctx) < n_tokens || (int32_t) llama_n_batch(lctx) < n_tokens) {
+        return decline(MTMD_TOPV_UBATCH_TOO_SMALL, "the image has " + std::to_string(n_tokens) + " tokens, more than n_batch " +
+                       std::to_string(llama_n_batch(lctx)) + " / n_ubatch " + std::to_string(llama_n_ubatch(lctx)) +
+                       " (the probe needs the whole image in one ubatch)");
+    }
+
+    const int n_pos_per_embd = mtmd_decode_use_mrope(ctx) ? 4 : 1;
+    const topv_scope_non_causal non_causal(lctx, mtmd_decode_use_non_causal(ctx, chunk));
+    llama_memory_t mem = llama_get_memory(lctx);
+
+    // 1. probe: all tokens in one ubatch through layers 0..Li+1 (not just 0..Li: the last layer built is cut to the
+    //    output rows before its FFN, so ffn_norm-<Li> would not see every token); the cells are removed after it
+    const auto t_probe = std::chrono::steady_clock::now();
+    std::vector<float> all_source((size_t) n_tokens * n_embd), all_target((size_t) n_tokens * n_embd);
+    topv_probe probe;
+    mtmd_topv_probe_nodes(layout, prm.layer, &probe.source_name, &probe.target_name); // per architecture, deepstack
+    probe.n_tokens    = n_tokens;
+    probe.n_embd      = n_embd;
+    probe.source      = all_source.data();
+    probe.target      = all_target.data();
+    if (prm.layer == 0) {
+        for (int32_t i = 0; i < n_tokens; i++) { // the layer's input: the embeddings (the first n_embd of each row)
+            std::copy(embd + (size_t) i * layout.row_width, embd + (size_t) i * layout.row_width + n_embd,
+                      all_source.begin() + (size_t) i * n_embd);
+        }
+        probe.got_source = true;
+    }
+    // a recurrent memory (hybrid models such as Qwen3.5) cannot drop the probe's tokens again (seq_rm fails on it):
+    // its part of the sequence's state is saved here and put back after the probe (the attention cells are removed)
+    std::vector<uint8_t> saved_recurrent;
+    if (layout.recurrent) {
+        saved_recurrent.resize(llama_state_seq_get_size_ext(lctx, seq_id, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY));
+        if (llama_state_seq_get_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
+                                         LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != saved_recurrent.size()) {
+            return decline(MTMD_TOPV_PROBE_FAILED, "the recurrent state could not be saved before the probe");
+        }
+    }
+    int32_t probe_ret;
+    {
+        const topv_probe_scope scope(lctx, &probe, (uint32_t) prm.layer + 2);
+        decode_embd_batch batch(embd, n_tokens, n_pos_per_embd, (int) layout.row_width);
+        topv_fill_positions(batch, chunk, ctx, n_past, seq_id, nullptr, n_tokens);
+        probe_ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, 0, n_tokens));
+    }
+    // whatever happened, no cell or state of this image may stay in the memory before the real decode
+    bool restored = !layout.recurrent ||
+                    llama_state_seq_set_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
+                                                 LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == saved_recurrent.size();
+    restored = llama_memory_seq_rm(mem, seq_id, n_past, -1) && restored;
+    if (!restored) { // the memory holds the probe: neither a pruned nor an unpruned decode would be right
+        LOG_ERR("topv: the memory could not be rolled back after the probe\n");
+        st.stats.result = MTMD_TOPV_PROBE_FAILED;
+        st.reason = "the memory could not be rolled back after the probe";
+        *ret = -1;
+        return true;
+    }
+    st.stats.probe_ms = topv_ms_since(t_probe);
+    st.stats.probe_max_layer = probe.max_layer;
+    if (probe.max_layer > prm.layer + 1) { // still right, only slower: a graph that does not loop over n_layer
+        LOG_WRN("topv: the probe of layer %d computed up to layer %d: this model's graph ignores the layer limit\n",
+                prm.layer, probe.max_layer);
+    }
+    if (!probe.got_source || !probe.got_target || probe.bad_shape) {
+        LOG_WRN("topv: probe of layer %d: llama_process returned %d, source %s, target %s%s\n", prm.layer, probe_ret,
+                probe.got_source ? "seen" : "missing", probe.got_target ? "seen" : "missing",
+                probe.bad_shape ? ", unexpected tensor shape" : "");
+        return decline(MTMD_TOPV_PROBE_FAILED, "the probe did not see the features of layer " + std::to_string(prm.layer) +
+                       " (graph nodes '" + (probe.source_name.empty() ? std::string("embeddings") : probe.source_name) +
+                       "' and '" + probe.target_name + "')");
+    }
+
+    // 2. the pass, on the grid tokens only, at their grid cells
+    const auto t_pass = std::chrono::steady_clock::now();
+    st.source.resize((size_t) n_grid * n_embd);
+    st.target.resize((size_t) n_grid * n_embd);
+    for (int32_t g = 0; g < n_grid; g++) {
+        const size_t from = (size_t) layout.grid_tokens[g] * n_embd;
+        std::copy(all_source.begin() + from, all_source.begin() + from + n_embd, st.source.begin() + (size_t) g * n_embd);
+        std::copy(all_target.begin() + from, all_target.begin() + from + n_embd, st.target.begin() + (size_t) g * n_embd);
+    }
+    st.grid_kept.resize((size_t) k);
+    st.scores.resize(n_grid);
+    const int32_t pass_ret = topv_select(st.source.data(), st.target.data(), n_grid, n_embd, layout.pos_x.data(),
+                                         layout.pos_y.data(), layout.grid_w, layout.grid_h, k, prm.pass,
+                                         st.grid_kept.data(), st.scores.data());
+    st.stats.pass_ms = topv_ms_since(t_pass);
+    if (pass_ret != TOPV_STATUS_OK) {
+        return decline(MTMD_TOPV_PASS_FAILED, std::string("the TopV pass failed: ") + topv_status_string(pass_ret));
+    }
+    // kept chunk tokens: the pass's choice plus every structural token, ascending
+    st.kept.clear();
+    for (const int32_t g : st.grid_kept) {
+        st.kept.push_back(layout.grid_tokens[g]);
+    }
+    st.kept.insert(st.kept.end(), layout.always_kept.begin(), layout.always_kept.end());
+    std::sort(st.kept.begin(), st.kept.end());
+
+    // 3. decode the kept tokens (whole rows) at their original positions
+    const auto t_decode = std::chrono::steady_clock::now();
+    const int32_t n_kept = (int32_t) st.kept.size();
+    const size_t row = (size_t) layout.row_width;
+    st.kept_embd.resize((size_t) n_kept * row);
+    for (int32_t j = 0; j < n_kept; j++) {
+        std::copy(embd + (size_t) st.kept[j] * row, embd + (size_t) (st.kept[j] + 1) * row, st.kept_embd.begin() + (size_t) j * row);
+    }
+    decode_embd_batch batch(st.kept_embd.data(), n_kept, n_pos_per_embd, (int) layout.row_width);
+    const bool renumber = prm.renumber_positions && !mtmd_decode_use_mrope(ctx);
+    topv_fill_positions(batch, chunk, ctx, n_past, seq_id, st.kept.data(), n_kept, renumber);
+    for (int32_t off = 0; off < n_kept; off += n_batch) {
+        const int32_t n = std::min(n_batch, n_kept - off);
+        *ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, off, n));
+        if (*ret != 0) {
+            LOG_ERR("topv: failed to decode the kept image tokens\n");
+            return true;
+        }
+        if (callback != nullptr) {
+            const mtmd_helper_embd_batch view = batch.get_view(off, n);
+            *ret = callback(&view, user_data);
+            if (*ret != 0) {
+                LOG_ERR("post-decode callback failed\n");
+                return true;
+            }
+        }
+    }
+    st.stats.decode_ms = topv_ms_since(t_decode);
+    st.stats.n_kept    = n_kept;
+    st.stats.result    = MTMD_TOPV_PRUNED;
+
+    char line[256];
+    LOG_INF("%s\n", mtmd_topv_format_stats(ctx, line, sizeof(line)));
+
+    // as if nothing was pruned (the diagnostic renumbering: right after the kept tokens)
+    *new_n_past = n_past + (renumber ? n_kept : mtmd_input_chunk_get_n_pos(chunk));
+    *ret = 0;
+    return true;
+}

@@ -1,0 +1,110 @@
+// mtmd-topv.h - the TopV stage of llama.cpp's multimodal library: public C API.
+//
+// Part of topv-edge, compiled into libmtmd by the llama.cpp patch (patches/02-mtmd-topv-hooks.patch includes this
+// header at the end of tools/mtmd/mtmd.h). The pass itself is in topv.h.
+//
+// When enabled, mtmd_helper_decode_image_chunk() - and so mtmd_helper_eval_chunk_single(),
+// mtmd_helper_eval_chunks(), llama-mtmd-cli and llama-server - decodes each image in two steps:
+// a probe decode of all its tokens that reads the features of layer `layer` and is then cancelled
+// (llama.cpp rolls its KV cells back), and a decode of only the tokens the pass keeps, at their
+// original positions. n_past advances exactly as without pruning. Which chunks can be pruned, and how
+// their tokens map to a grid, is decided by the layout table (mtmd-topv-layouts.cpp); images of any
+// other layout are decoded unpruned (stats.result says why). Nothing is ever pruned wrongly.
+#pragma once
+
+#include "mtmd.h"
+#include "topv.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct mtmd_topv_params {
+    bool    enabled;    // false: the stock decode path
+    float   keep_ratio; // fraction of each image's tokens to keep, in (0, 1]; used when keep_count == 0
+    int32_t keep_count; // > 0: keep this many tokens of each image (at most all of them)
+    int32_t layer;      // Li: compare the input of layer Li with its post-attention norm output (0 <= Li < n_layer - 1)
+    struct topv_params pass; // the pass parameters and method, topv_default_params()
+    // diagnostic only (how much do original positions matter?): decode the kept tokens at consecutive
+    // positions and let the text follow them, as a naive pruner would; ignored by M-RoPE models
+    bool    renumber_positions;
+};
+
+enum mtmd_topv_result {
+    MTMD_TOPV_PRUNED = 0,          // the image was pruned
+    MTMD_TOPV_DISABLED,            // pruning is off
+    MTMD_TOPV_KEEP_ALL,            // keep >= the image's tokens: decoded unpruned (no probe)
+    MTMD_TOPV_UNSUPPORTED_LAYOUT,  // the layout table declines this chunk (mtmd_topv_get_reason() says why)
+    MTMD_TOPV_UBATCH_TOO_SMALL,    // the probe needs the whole image in one ubatch (n_batch, n_ubatch >= tokens)
+    MTMD_TOPV_LAYER_OUT_OF_RANGE,  // layer >= n_layer - 1
+    MTMD_TOPV_PROBE_FAILED,        // the probe did not see the layer's features: decoded unpruned
+    MTMD_TOPV_PASS_FAILED,         // the pass returned an error (e.g. non-finite features): decoded unpruned
+};
+
+// what happened to the last image decoded through mtmd_helper_decode_image_chunk()
+struct mtmd_topv_stats {
+    int32_t result;   // enum mtmd_topv_result
+    int32_t n_tokens; // the image's tokens
+    int32_t n_kept;   // tokens decoded into the KV cache (n_tokens unless pruned)
+    int32_t grid_w;   // the token grid (0 when unknown)
+    int32_t grid_h;
+    int32_t n_embd;   // width of the probed features
+    double  probe_ms;
+    double  pass_ms;
+    double  decode_ms; // decode of the kept tokens (or of all of them when not pruned)
+    // the highest layer index of any graph node the scheduler computed during the probe (node names "...-<il>"),
+    // -1 without a probe: at most layer + 1, on every backend and offload split (a test hook)
+    int32_t probe_max_layer;
+    int32_t n_grid;        // the image's grid tokens (what keep applies to; scores and features have this many rows)
+    int32_t n_always_kept; // structural tokens inside the chunk, kept on top of the grid's (Pixtral's [IMG_BREAK])
+};
+
+MTMD_API struct mtmd_topv_params mtmd_topv_default_params(void);
+// returns 0, or a topv_status code (the parameters are then not changed); see topv_status_string()
+MTMD_API int32_t mtmd_topv_set_params(mtmd_context * ctx, const struct mtmd_topv_params * params);
+MTMD_API struct mtmd_topv_params mtmd_topv_get_params(const mtmd_context * ctx);
+// turn pruning on with the default pass parameters and the method of that name (topv_method_name(); NULL: the
+// default): keep_count > 0 keeps that many tokens per image, otherwise keep_ratio in (0, 1]; the layer is checked
+// against the text model's layers when `model` is given. Returns 0 or a topv_status code, and logs either (an unknown
+// method name with the known ones, a layer out of range with the model's range). For llama-mtmd-cli and llama-server.
+MTMD_API int32_t mtmd_topv_enable(mtmd_context * ctx, const struct llama_model * model, float keep_ratio,
+                                  int32_t keep_count, int32_t layer, const char * method);
+MTMD_API const char * mtmd_topv_result_string(int32_t result);
+MTMD_API struct mtmd_topv_stats mtmd_topv_get_stats(const mtmd_context * ctx);
+// the sentence that explains the last image's result (the layout table's reason when it declined), never NULL
+MTMD_API const char * mtmd_topv_get_reason(const mtmd_context * ctx);
+// one line describing the last image ("topv: 576 image tokens -> 144 kept ..."), for logs; returns buf
+MTMD_API const char * mtmd_topv_format_stats(const mtmd_context * ctx, char * buf, size_t size);
+// the last pruned image: kept chunk token indices (stats.n_kept, ascending, structural ones included), TopV scores
+// (stats.n_grid, grid order) and the probed source/target features of the grid tokens (stats.n_grid x stats.n_embd,
+// row-major); NULL when the last image was not pruned
+MTMD_API const int32_t * mtmd_topv_get_kept    (const mtmd_context * ctx);
+MTMD_API const double  * mtmd_topv_get_scores  (const mtmd_context * ctx);
+MTMD_API const float   * mtmd_topv_get_features(const mtmd_context * ctx, bool target);
+// whether this mmproj belongs with this text model, by the layout table (the projector's text architectures and
+// rope type). 0 when it does; otherwise non-zero and a sentence in reason (if given).
+MTMD_API int32_t mtmd_topv_check_model(const mtmd_context * ctx, const struct llama_model * model,
+                                       char * reason, size_t size);
+
+// the layout table (mtmd-topv-layouts.cpp), one entry per vision/audio projector type of this llama.cpp: which
+// families it serves, whether the stage prunes it and how it reads the grid, or why it declines it
+struct mtmd_topv_layout_info {
+    const char * projector;   // the projector type as the mmproj names it (clip.projector_type)
+    const char * families;    // the models people run with it
+    const char * text_archs;  // comma-separated text architectures it belongs with; NULL: any not owned by another entry
+    bool         prunes;      // the stage prunes single pictures of this layout
+    bool         class_token_declined; // this build declines vision towers with a class embedding (patches/10 absent)
+    const char * layout;      // how the chunk's tokens form the grid ("" when declined)
+    const char * reason;      // why the stage declines the type (NULL when it prunes)
+};
+MTMD_API int32_t mtmd_topv_layout_count(void);
+// false when i is out of range
+MTMD_API bool mtmd_topv_layout_get(int32_t i, struct mtmd_topv_layout_info * out);
+
+#ifdef __cplusplus
+}
+#endif
