@@ -43,20 +43,17 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
 
     opts = TopVOptions(enabled=keep < 1.0, keep=keep, layer=layer)
     runs = []
-    with VisionChat(model, topv=opts, threads=threads, max_tokens=1, n_gpu_layers=ngl,
+    with VisionChat(model, topv=opts, threads=threads, max_tokens=answer_tokens, n_gpu_layers=ngl,
                     mmproj_offload=mmproj_offload) as chat:
         for _ in range(repeats + 1):  # the first run warms caches and allocations: not counted
             chat.reset()
-            _, rep = chat.ask(QUESTION, [picture])
+            answer, rep = chat.ask(QUESTION, [picture])  # greedy: the same answer every run, compared across backends
             (im,) = rep.images
             runs.append({"encode_ms": im.encode_ms, "probe_ms": im.probe_ms, "pass_ms": im.pass_ms,
                          "decode_ms": im.decode_ms, "image_prefill_ms": im.probe_ms + im.pass_ms + im.decode_ms,
                          "ttft_ms": rep.ttft_ms, "kv_cells": rep.kv_cells - rep.generated_tokens,
                          "image_tokens": im.n_tokens, "kept_tokens": im.n_kept, "pruned": im.pruned})
-        chat.reset()  # the answer, greedy, compared across backends
-        chat.max_tokens = answer_tokens
-        answer, _ = chat.ask(QUESTION, [picture])
-        device = chat.device if hasattr(chat, "device") else None
+        device = chat.devices()
     runs = runs[1:]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "pruned"}
     out["pruned"] = all(r["pruned"] for r in runs)
@@ -73,6 +70,9 @@ def backend_env(backend: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if k not in ("TOPV_EDGE_LLAMA_DIR", "LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
     env["TOPV_EDGE_BACKEND"] = backend
+    # the child imports the topv_edge this process runs (sys.path[0] is scripts/, not the repository)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(llama_libs.__file__).resolve().parents[1]),
+                                         *filter(None, [os.environ.get("PYTHONPATH")])])
     if backend == "vulkan":
         env.setdefault("GGML_VK_VISIBLE_DEVICES", "0")  # ggml-vulkan hides CPU-type devices (llvmpipe) otherwise
         env.setdefault("MESA_SHADER_CACHE_DIR", str(llama_libs.backend_build_dir("vulkan") / "mesa-shader-cache"))
@@ -93,6 +93,17 @@ def run_child(model: Path, picture: Path, keep: float, layer: int, repeats: int,
 
 
 RATIO_KEYS = ("image_prefill_ms", "ttft_ms", "kv_cells", "peak_rss_mb")
+
+
+def bench_presets() -> dict:
+    """Presets of this benchmark only: llava:16l, a 16-layer llama (n_embd 512) behind a small ViT at 336 px
+    (576 image tokens): the depth of a 1B model at a fraction of its cost, for slow devices (Mesa's llvmpipe)."""
+    from topv_edge.synthetic import ModelConfig, TextConfig, VisionConfig
+
+    return {("llava", "16l"): ModelConfig(
+        "llava", TextConfig(n_embd=512, n_ff=1408, n_layer=16, n_head=8, n_head_kv=4),
+        VisionConfig(image_size=336, patch_size=14, n_embd=128, n_ff=320, n_layer=2, n_head=4, proj_hidden=512),
+        dtype="f16")}
 
 
 def main() -> int:
@@ -118,7 +129,10 @@ def main() -> int:
         if not (llama_libs.backend_build_dir(b) / "lib").is_dir():
             raise SystemExit(f"the {b} build of llama.cpp is absent: bash scripts/build_llama_cpp.sh --backend {b}")
 
+    from topv_edge import synthetic
     from topv_edge.synthetic import demo_image, write_pair
+
+    synthetic.PRESETS.update(bench_presets())
 
     picture = args.models / "bench-picture.png"
     args.models.mkdir(parents=True, exist_ok=True)

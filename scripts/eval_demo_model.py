@@ -99,7 +99,7 @@ def sweep(args) -> int:
         methods = list(METHODS) if not args.methods else args.methods.split(",")
         table = []
         for method in methods:
-            for layer in (0,) if method in FEATURELESS else (0, 2):
+            for layer in (0,) if method in FEATURELESS else args.layers:
                 accs = [run.run(method, keep, layer)["accuracy"] for keep in SWEEP_KEEPS]
                 table.append((method, layer, accs))
         print(f"\n| method | layer | " + " | ".join(f"keep {k:g}" for k in SWEEP_KEEPS) + " | mean |")
@@ -116,6 +116,8 @@ def sweep(args) -> int:
             print("|---|---|---:|" + "---:|" * (len(SWEEP_KEEPS) + 1))
             for method in readouts:
                 for name, values in PARAM_GRID.items():
+                    if args.params and name not in args.params.split(","):
+                        continue
                     for v in values:
                         p = {name: v}
                         q = dict(defaults, **p)
@@ -136,9 +138,10 @@ def report(args) -> int:
         run = Runner(chat, items, args.json, args.fresh)
         rows = [dict(run.run(None), retention=1.0)]
         base = rows[0]["accuracy"]
-        for method in methods:
-            for keep in REPORT_KEEPS:
-                r = run.run(method, keep, args.layer)
+        for keep in args.keeps:  # keep-major: the keeps that matter most first
+            for method in methods:
+                layer = 0 if method in FEATURELESS else args.layer
+                r = run.run(method, keep, layer)
                 rows.append(dict(r, retention=r["accuracy"] / base))
         run.save(split="test", seed=TEST_SEED, n=len(items), layer=args.layer, defaults=default_params(),
                  rows=rows)
@@ -150,7 +153,7 @@ def report(args) -> int:
               + " | ".join(f"{r['per_kind'][k]:.2f}" for k in kinds) + " |")
     print(f"\n| keep | " + " | ".join(methods) + " |")
     print("|---:|" + "---:|" * len(methods))
-    for keep in REPORT_KEEPS:
+    for keep in args.keeps:
         cells = [next(r["accuracy"] for r in rows if r["method"] == m and r["keep"] == keep) for m in methods]
         print(f"| {keep:g} | " + " | ".join(f"{a:.3f}" for a in cells) + " |")
     plot(rows, args.png, f"demo model, test split ({len(items)} questions, layer {args.layer}): accuracy against keep")
@@ -208,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--methods", help="comma-separated (default: every method)")
         p.add_argument("--fresh", action="store_true", help="ignore the cached results in --json")
         if name == "sweep":
+            p.add_argument("--layers", type=int, nargs="+", default=[0, 2], help="probe layers (default 0 2)")
             p.add_argument("--param-layer", type=int, default=0)
             p.add_argument("--param-methods", help="read-outs for the parameter sweep (default: all four)")
             p.add_argument("--skip-params", action="store_true")
+            p.add_argument("--params", help="comma-separated parameters to sweep (default: all of PARAM_GRID)")
             p.add_argument("--json", type=Path, default=REPO / "results" / "sweep_val.json")
         else:
-            p.add_argument("--layer", type=int, default=0)
+            p.add_argument("--layer", type=int, default=2, help="probe layer of the feature-reading methods")
+            p.add_argument("--keeps", type=float, nargs="+", default=list(REPORT_KEEPS))
             p.add_argument("--json", type=Path, default=REPO / "results" / "eval_demo.json")
             p.add_argument("--png", type=Path, default=REPO / "results" / "eval_demo.png")
     args = ap.parse_args(argv)

@@ -3,7 +3,7 @@
 `qwen2vl` with M-RoPE, mmproj `qwen2vl_merger` with 2-D RoPE ViT and 2 x 2 patch merger) trained on
 topv_edge.scenes_data. Model card: docs/demo_model2.md.
 
-    python scripts/train_scenes_vlm.py train  [--steps 4000] [--resume] [--stop-at N] ...   # build/scenes_vlm/
+    python scripts/train_scenes_vlm.py train  [--steps 2000] [--resume] [--stop-at N] ...   # build/scenes_vlm/
     python scripts/train_scenes_vlm.py eval   [--n 600] [--seed 1]                           # PyTorch, greedy
     python scripts/train_scenes_vlm.py export [-o topv_edge/demo_model2] [--random]          # the GGUF pair
     python scripts/train_scenes_vlm.py verify [-o topv_edge/demo_model2] [--n 200]           # PyTorch vs llama.cpp
@@ -11,6 +11,11 @@ topv_edge.scenes_data. Model card: docs/demo_model2.md.
 
 `export --random` writes the untrained model (the check that the PyTorch forward is llama.cpp's before
 any training: `verify --random`).
+
+The shipped model (36 minutes on the shared 2-core machine; docs/demo_model2.md):
+
+    python scripts/train_scenes_vlm.py train --steps 2000 --lr 1.5e-3 --eval-every 250 --target 0.96 --stop-at 600
+    python scripts/train_scenes_vlm.py train --resume --steps 2000 --lr 1.5e-3 --eval-every 250 --target 0.96 --kind-weight left=3,above=3
 
 What the PyTorch model computes is what llama.cpp computes for such a pair (pinned commit 0c1e57098bba):
 - vision (clip.cpp `clip_graph_qwen2vl`): two conv patch kernels without bias, summed (one trained

@@ -130,6 +130,9 @@ def vulkan_device_visible() -> str | None:
 def backend_env(backend: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("TOPV_EDGE_LLAMA_DIR", "LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
     env["TOPV_EDGE_BACKEND"] = backend
+    # the child imports the topv_edge this process tests (the checkout's under python -m pytest)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(topv_edge.__file__).resolve().parents[1]),
+                                         *filter(None, [os.environ.get("PYTHONPATH")])])
     if backend == "vulkan":
         build = llama_libs.backend_build_dir("vulkan")
         env.setdefault("GGML_VK_VISIBLE_DEVICES", "0")  # ggml-vulkan hides CPU-type devices (llvmpipe) otherwise
@@ -152,17 +155,17 @@ _RUNS: dict[tuple, dict] = {}
 
 
 def stage_run(models_dir: Path, picture: Path, tmp_root: Path, backend: str, ngl: int | str,
-              mmproj_offload: bool = True) -> dict:
+              mmproj_offload: bool = True, families: tuple[str, ...] = FAMILIES) -> dict:
     """tests/backend_runner.py on `backend` (cached per session): per family, pruning off, keep 1.0 and keep 0.25
     at layer LAYER: logits, answer, KV cell positions, kept set, probed features, stats."""
-    key = (backend, ngl, mmproj_offload)
+    key = (backend, ngl, mmproj_offload, families)
     if key not in _RUNS:
         require_build(backend)
         out = tmp_root / f"run-{backend}-{ngl}-{int(mmproj_offload)}"
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(HERE / "backend_runner.py"), "--models", str(models_dir), "--picture", str(picture),
                "--out", str(out), "--ngl", str(ngl), "--layer", str(LAYER), "--keep", str(KEEP),
-               "--families", *FAMILIES]
+               "--families", *families]
         if not mmproj_offload:
             cmd.append("--no-mmproj-offload")
         r = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(backend), timeout=1200)
@@ -232,9 +235,64 @@ def test_gpu_prunes_like_the_cpu_build(models_dir, picture, run_root, family, ng
 
 def test_gpu_with_the_encoder_on_the_cpu_prunes_like_the_cpu_build(models_dir, picture, run_root):
     """--no-mmproj-offload: the image encoder runs on the CPU, the text model on the GPU."""
-    vk = stage_run(models_dir, picture, run_root, GPU, 99, mmproj_offload=False)
+    vk = stage_run(models_dir, picture, run_root, GPU, 99, mmproj_offload=False, families=("llava",))
     cpu = stage_run(models_dir, picture, run_root, "cpu", 0)
     assert vk["meta"]["_mmproj_offload"] is False
-    for f in FAMILIES:
+    for f in ("llava",):
         assert np.array_equal(cpu["arrays"][f"{f}/pruned/kept"], vk["arrays"][f"{f}/pruned/kept"])
         assert cpu["meta"][f]["pruned"]["answer"] == vk["meta"][f]["pruned"]["answer"]
+
+
+# --- which build topv_edge loads ---------------------------------------------------------------------------------
+
+
+def test_build_selection_follows_the_environment_then_the_installed_marker(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for var in ("TOPV_EDGE_LLAMA_DIR", "TOPV_EDGE_BACKEND"):
+        monkeypatch.delenv(var, raising=False)
+    cache = tmp_path / "topv-edge"
+    commit = llama_libs.LLAMA_CPP_COMMIT
+    assert llama_libs.build_dir() == cache / f"llama.cpp-{commit}-cpu"           # nothing installed: the CPU build
+    cache.mkdir()
+    (cache / "installed-backend").write_text("vulkan\n")                         # what scripts/install.sh writes
+    assert llama_libs.build_dir() == cache / f"llama.cpp-{commit}-vulkan"
+    monkeypatch.setenv("TOPV_EDGE_BACKEND", "cuda")
+    assert llama_libs.build_dir() == cache / f"llama.cpp-{commit}-cuda"
+    monkeypatch.setenv("TOPV_EDGE_LLAMA_DIR", str(tmp_path / "mine"))
+    assert llama_libs.build_dir() == tmp_path / "mine"
+    monkeypatch.delenv("TOPV_EDGE_LLAMA_DIR")
+    monkeypatch.setenv("TOPV_EDGE_BACKEND", "opencl")
+    with pytest.raises(llama_libs.LlamaBuildMissing, match="one of cpu, vulkan, cuda, metal"):
+        llama_libs.build_dir()
+
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # the sources the tests belong to (pytest may run an installed package)
+
+
+def test_a_build_of_other_sources_is_named_with_its_rebuild_command(tmp_path):
+    hashes = llama_libs._source_hashes(CHECKOUT)
+    assert hashes is not None  # the checkout's patches/ and native/ (also when the tests run an installed package)
+    build = tmp_path / "llama.cpp-x-vulkan"
+    build.mkdir()
+    stamp = f"commit={llama_libs.LLAMA_CPP_COMMIT} patches={hashes[0]} native={hashes[1]} backend=vulkan cmake_args="
+    (build / ".built").write_text(stamp + "\n")
+    assert llama_libs.stale_build_message(build, CHECKOUT) is None
+    assert llama_libs.build_backend(build) == "vulkan"
+    (build / ".built").write_text(stamp.replace(hashes[1], "0" * 16) + "\n")
+    msg = llama_libs.stale_build_message(build, CHECKOUT)
+    assert msg and "bash scripts/build_llama_cpp.sh --backend vulkan" in msg
+
+
+def test_the_build_script_and_python_agree_on_the_source_hashes_and_directories():
+    """build_llama_cpp.sh writes the stamp that stale_build_message() compares: the same hashes, the same paths."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_llama_cpp.sh"
+    for backend in llama_libs.BACKENDS:
+        r = subprocess.run(["bash", str(script), "--backend", backend, "--print-dir"], capture_output=True,
+                           text=True, env={k: v for k, v in os.environ.items() if k != "TOPV_EDGE_LLAMA_DIR"})
+        assert r.returncode == 0, r.stderr
+        assert Path(r.stdout.strip()) == llama_libs.backend_build_dir(backend)
+    root = Path(__file__).resolve().parents[1]
+    sh = subprocess.run(["bash", "-c", 'cat patches/*.patch | sha256sum | cut -c1-16; find native -type f ! -path '
+                         '"native/tests/*" | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16'],
+                        cwd=root, capture_output=True, text=True, check=True)
+    assert tuple(sh.stdout.split()) == llama_libs._source_hashes(CHECKOUT)

@@ -106,8 +106,8 @@ def test_handler_prunes_in_create_chat_completion(models_dir, picture, libs):
 def test_handler_warns_when_an_image_is_decoded_unpruned(models_dir, picture, libs):
     from topv_edge.handler import TopVFallbackWarning
 
-    with pytest.warns(TopVFallbackWarning, match=r"decoded unpruned: the image has more tokens than n_batch/n_ubatch.*"
-                                                 r"n_ubatch=\.\.\.\) of at least 64"):
+    with pytest.warns(TopVFallbackWarning, match=r"image of 64 tokens decoded unpruned: .*n_ubatch.*"
+                                                 r"give Llama\(n_batch=\.\.\., n_ubatch=\.\.\.\) of at least 64"):
         (first, second) = handler_request(models_dir, picture, 32, keep=0.25)
     assert not first.pruned and first.n_kept == 64 and "n_ubatch" in first.note and first.encode_ms > 0
 

@@ -205,15 +205,16 @@ def test_image_layout_follows_llama_cpp_resizing():
 
 
 def test_qwen25vl_attends_in_112_px_windows(models_dir, libs, tmp_path):
-    """The window layout is in effect: with every block global (n_wa_pattern 1) the image tokens of a
-    picture spanning 3 x 2 windows change, those of a picture inside one window (112 x 112) do not."""
+    """The window layout is in effect: with full attention in fewer blocks (n_wa_pattern 4: block 1 windowed
+    too) the image tokens of a picture spanning 3 x 2 windows change, those of a picture inside one window
+    (112 x 112) do not. (n_wa_pattern 1, all global, is no valid mmproj: the graph then lacks window_mask.)"""
     from dataclasses import replace
 
     from topv_edge.synthetic import pair_weights, write_mmproj
 
     cfg = preset_config("qwen25vl", "tiny")
     model, mmproj = pair_paths("qwen25vl", "tiny", models_dir)
-    glob = write_mmproj(tmp_path / "mmproj-global.gguf", replace(cfg.vision, n_wa_pattern=1), cfg.text.n_embd,
+    glob = write_mmproj(tmp_path / "mmproj-fewer-global.gguf", replace(cfg.vision, n_wa_pattern=4), cfg.text.n_embd,
                         pair_weights("qwen25vl", "tiny")[1])
     out = {}
     for size in ((336, 224), (112, 112)):

@@ -148,6 +148,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray) -> np.ndar
 
     The generalisation of test_llama_patch.manual_prefill to every family (its version is ordinary RoPE only)."""
     L, M = chat.llama, chat.mtmd
+    assert chat.ctx is None, "a fresh session: the context is created here"
     chunks = prompt_chunks(chat, picture)
     chat._create_context(256, 512)
     width = L.llama_model_n_embd_inp(chat.model)
@@ -182,8 +183,9 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray) -> np.ndar
                 pos[:k], pos[k:2 * k], pos[2 * k:3 * k] = tyx[:, 0], tyx[:, 1], tyx[:, 2]
             else:
                 pos[:] = tyx[:, 0]
-            own_pos = batch.pos
-            batch.pos = pos.ctypes.data_as(type(own_pos))
+            pos_type = type(batch.pos)
+            own_pos = ctypes.cast(batch.pos, ctypes.c_void_p).value  # the address (batch.pos is a view of the field)
+            batch.pos = pos.ctypes.data_as(pos_type)
             for j in range(k):
                 batch.n_seq_id[j], batch.logits[j] = 1, 0
                 batch.seq_id[j][0] = 0
@@ -194,7 +196,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray) -> np.ndar
             assert L.llama_decode(chat.ctx, batch) == 0
             if non_causal:
                 L.llama_set_causal_attn(chat.ctx, True)
-            batch.pos = own_pos
+            batch.pos = ctypes.cast(own_pos, pos_type)  # llama_batch_free frees its own array
             L.llama_batch_free(batch)
             n_past += M.mtmd_input_chunk_get_n_pos(chunk)
     finally:
@@ -293,6 +295,7 @@ def test_pruned_logits_equal_a_manual_decode_of_the_kept_rows(models_dir, pictur
         chat.add_user_message(QUESTION, [picture])
         full = chat.logits()
         full_state = recurrent_state(chat) if family == "qwen35" else None
+    with session(models_dir, family, enabled=False) as chat:
         manual = manual_prefill(chat, picture, kept)
         manual_state = recurrent_state(chat) if family == "qwen35" else None
     np.testing.assert_allclose(stage, manual, rtol=1e-5, atol=1e-5)
@@ -338,7 +341,7 @@ def test_deepstack_probe_source_is_the_state_after_the_deepstack_add(models_dir,
     callback = _EVAL_CB(cb)
     with session(models_dir, "qwen3vl", enabled=False) as chat:
         chat._create_context(256, 512)
-        fn = chat.llama._lib.llama_set_eval_callback
+        fn = chat.llama.llama_cpp._lib.llama_set_eval_callback
         fn.argtypes, fn.restype = [ctypes.c_void_p, _EVAL_CB, ctypes.c_void_p], None
         fn(chat.ctx, callback, None)
         chat.add_user_message(QUESTION, [picture])

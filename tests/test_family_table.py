@@ -66,3 +66,35 @@ def test_check_model_owners_are_consistent(table):
     assert owners["gemma4"] == {"gemma4v", "gemma4uv"}
     assert owners["qwen2vl"] == {"qwen2vl_merger", "qwen2.5vl_merger"}
     assert owners["gemma3"] == {"gemma3"}
+
+
+@pytest.mark.parametrize("text, mmproj, fits", [
+    ("qwen35", "qwen35", True),      # Qwen3.5 takes the Qwen3-VL encoder (qwen3vl_merger, here without deepstack)
+    ("qwen3vl", "qwen3vl", True),
+    ("gemma4", "gemma4", True),
+    ("pixtral", "pixtral", True),    # llama text: any text model no other entry owns
+    ("qwen2vl", "qwen35", False),    # a qwen3vl_merger mmproj on a qwen2vl text model (Qwen2/2.5-VL mergers)
+    ("llava", "gemma4", False),      # a Gemma 4 mmproj needs a gemma4 text model
+    ("gemma4", "pixtral", False),    # a gemma4 text model takes a Gemma 4 mmproj, not Pixtral's
+])
+def test_check_model_pairs_each_projector_with_its_text_models(models_dir, libs, text, mmproj, fits):
+    """mtmd_topv_check_model on real pairs of the generated families: right pairs fit, crossed ones get a reason."""
+    from topv_edge.synthetic import pair_paths
+
+    L, M = libs.llama_cpp, libs.mtmd_cpp
+    model = L.llama_model_load_from_file(str(pair_paths(text, "tiny", models_dir)[0]).encode(),
+                                         L.llama_model_default_params())
+    assert model
+    p = M.mtmd_context_params_default()
+    p.use_gpu, p.warmup, p.print_timings = False, False, False
+    mctx = M.mtmd_init_from_file(str(pair_paths(mmproj, "tiny", models_dir)[1]).encode(), model, p)
+    try:
+        assert mctx, "llama.cpp refused the pair (embedding widths)"
+        reason = libs.topv_check_model(mctx, model)
+        assert (reason is None) == fits, reason
+        if not fits:
+            assert "belongs with" in reason or "takes a" in reason
+    finally:
+        if mctx:
+            M.mtmd_free(mctx)
+        L.llama_model_free(model)

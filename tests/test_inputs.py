@@ -47,8 +47,9 @@ def test_load_errors_name_the_cause(models_dir, picture, tmp_path, libs):
         ((llava, short_mmproj), ["could not load the mmproj", "truncated or damaged", "failed to seek"]),
         ((short_model, mmproj), ["could not load the model", "truncated or damaged"]),
         ((llava, models_dir / "qwen2vl-tiny.gguf"), ["is a text model (qwen2vl), not an mmproj"]),
-        ((llava, mmproj, "--ctx", "1000000000"), ["not enough memory for a context of 1000000000 tokens",
-                                                  "use a smaller --ctx"]),
+        # a KV cache of 123 GB (larger contexts spend minutes in llama.cpp before they fail)
+        ((DEMO_MODEL, DEMO_MMPROJ, "--ctx", "30000000"), ["not enough memory for a context of 30000000 tokens",
+                                                          "use a smaller --ctx", "failed to allocate"]),
     ]
     for (model, proj, *flags), messages in cases:
         r = chat(str(model), str(picture), "--mmproj", str(proj), *flags, "-p", "x", "--max-tokens", "1",
@@ -217,7 +218,7 @@ def test_repl_pictures_bad_ones_alone_are_dropped_quotes_and_home_work(models_di
               "/reset\n"
               "third\n")
     r = chat(str(models_dir / "llava-tiny.gguf"), str(picture), "--max-tokens", "2", "--threads", "2", "--json",
-             stdin=script, env={"HOME": str(home)})
+             stdin=script, env={"HOME": str(home), "TOPV_EDGE_LLAMA_DIR": str(libs.directory)})
     assert r.returncode == 0, r.stderr
     reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
     # the command-line picture and the good /image go with the first message, the bad two are refused alone

@@ -182,6 +182,9 @@ def test_mtmd_cli_prunes_and_logs_a_line_per_image(models_dir, picture, libs):
     (["--topv-keep", "abc"], "ratio in (0, 1]"),
     (["--topv-keep", "-0.5"], "ratio in (0, 1]"),
     (["--topv-layer", "-1"], "--topv-layer must be >= 0"),
+    # the model's depth is known once it loads: a layer it does not have ends the program there, not silently later
+    (["--topv-keep", "0.25", "--topv-layer", "40"], "topv: layer 40 is out of range: this model has 4 layers"),
+    (["--topv-keep", "0.25", "--topv-method", "nope"], "unknown method 'nope' (known: topv,"),
 ])
 def test_mtmd_cli_rejects_bad_flags_cleanly(models_dir, picture, libs, flags, message):
     r = run_cli(libs, models_dir, picture, *flags)
@@ -191,8 +194,7 @@ def test_mtmd_cli_rejects_bad_flags_cleanly(models_dir, picture, libs, flags, me
 
 
 @pytest.mark.parametrize("flags, reason", [
-    (["--topv-keep", "0.25", "--topv-layer", "40"], "below the model's last layer"),
-    (["--topv-keep", "0.25", "-b", "32", "-ub", "32"], "more tokens than n_batch/n_ubatch"),
+    (["--topv-keep", "0.25", "-b", "32", "-ub", "32"], "the image has 64 tokens, more than n_batch 32 / n_ubatch 32"),
 ])
 def test_mtmd_cli_falls_back_to_unpruned_with_a_warning(models_dir, picture, libs, flags, reason):
     r = run_cli(libs, models_dir, picture, *flags)

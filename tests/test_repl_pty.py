@@ -35,6 +35,7 @@ class Terminal:
         os.close(slave)
         self.fd = master
         self.out = ""   # everything the terminal showed
+        self.closed = False  # the child closed its side (exited)
         self.seen = 0   # how far expect() has matched
 
     def write(self, text: str) -> None:
@@ -44,9 +45,11 @@ class Terminal:
         ready, _, _ = select.select([self.fd], [], [], timeout)
         if ready:
             try:
-                self.out += os.read(self.fd, 4096).decode("utf-8", "replace")
-            except OSError:  # the child closed the terminal
-                time.sleep(timeout)
+                data = os.read(self.fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                data = b""
+            self.out += data.decode("utf-8", "replace")
+            self.closed = not data
 
     def expect(self, pattern: str, timeout: float = 90) -> str:
         """Wait until `pattern` (a regex) appears after what was matched before; returns the text up to it."""
@@ -57,7 +60,7 @@ class Terminal:
                 start = self.seen
                 self.seen += m.end()
                 return self.out[start:self.seen]
-            if time.monotonic() > deadline or self.proc.poll() is not None and not select.select([self.fd], [], [], 0)[0]:
+            if time.monotonic() > deadline or self.closed:
                 raise AssertionError(f"waited for {pattern!r}; the terminal shows:\n{self.out[-3000:]}")
             self._read(0.2)
 
@@ -77,15 +80,17 @@ class Terminal:
         os.close(self.fd)
 
 
-def start_chat(models_dir: Path, picture: Path, cache: Path, *flags: str) -> Terminal:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cache), "TERM": "xterm"}
+def start_chat(libs, models_dir: Path, picture: Path, cache: Path, *flags: str) -> Terminal:
+    # a cache directory of its own for the history; the llama.cpp build stays the one under test
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cache), "TERM": "xterm",
+           "TOPV_EDGE_LLAMA_DIR": str(libs.directory)}
     # qwen2vl-tiny answers this with thousands of tokens: long enough to be stopped half-way
     return Terminal([sys.executable, "-m", "topv_edge.chat", str(models_dir / "qwen2vl-tiny.gguf"), str(picture),
                      "--max-tokens", "20000", "--threads", "2", *flags], env)
 
 
 def test_ctrl_c_stops_the_answer_history_and_leaving(models_dir, picture, tmp_path, libs):
-    t = start_chat(models_dir, picture, tmp_path)
+    t = start_chat(libs, models_dir, picture, tmp_path)
     try:
         t.expect(r"loading qwen2vl-tiny\.gguf and mmproj-qwen2vl-tiny\.gguf\.\.\.")  # while the model loads
         t.expect(r"Ctrl-C stops an answer")
@@ -110,6 +115,7 @@ def test_ctrl_c_stops_the_answer_history_and_leaving(models_dir, picture, tmp_pa
         t.write("\x03")
         t.expect(r"\(answer stopped\)", timeout=30)
         t.expect(r"> ")
+        time.sleep(1.0)       # let readline take the terminal before the signal (the prompt is printed first)
         t.write("\x03")       # Ctrl-C at the prompt: a hint, then a second one leaves
         t.expect(r"Ctrl-C again or Ctrl-D to leave")
         t.write("\x03")
@@ -121,7 +127,7 @@ def test_ctrl_c_stops_the_answer_history_and_leaving(models_dir, picture, tmp_pa
 
 
 def test_ctrl_d_at_the_prompt_leaves(models_dir, picture, tmp_path, libs):
-    t = start_chat(models_dir, picture, tmp_path)
+    t = start_chat(libs, models_dir, picture, tmp_path)
     try:
         t.expect(r"> ")
         t.write("\x04")

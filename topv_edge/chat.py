@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     g.add_argument("--max-tokens", type=_positive_int, default=None,
                    help="longest answer in tokens (default 256; 8 with --demo, whose answers are one word)")
+    g = ap.add_argument_group("device (GPU builds: scripts/install.sh --backend cuda|metal|vulkan)")
+    g.add_argument("--ngl", type=_nonnegative_int, default=None,
+                   help="text-model layers on the GPU, as llama.cpp's -ngl (default: all of them; the CPU build "
+                        "runs everything on the CPU)")
+    g.add_argument("--no-mmproj-offload", action="store_true",
+                   help="run the image encoder on the CPU (default: on the GPU when the build has one)")
     g = ap.add_argument_group("output")
     g.add_argument("--json", action="store_true",
                    help="after each answer print one JSON line: keep (ratio or count), image tokens, kept tokens, "
@@ -162,8 +168,10 @@ def _topv_options(args: argparse.Namespace) -> TopVOptions:
                        params=parse_topv_params(args.topv))
 
 
-def _report_json(report: TurnReport) -> str:
+def _report_json(report: TurnReport, devices: dict | None = None) -> str:
     d = report.as_dict()
+    if devices is not None:
+        d["devices"] = devices  # which build and device ran (VisionChat.devices())
     d["encode_ms"] = sum(i.encode_ms for i in report.images)
     d["probe_ms"] = sum(i.probe_ms for i in report.images)
     d["pass_ms"] = sum(i.pass_ms for i in report.images)
@@ -222,7 +230,7 @@ class _Session:
             if self.chat.topv.enabled and not im.pruned:
                 print(f"note: image not pruned: {im.note}", file=sys.stderr)
         if self.as_json:
-            print(_report_json(report), flush=True)
+            print(_report_json(report, self.chat.devices()), flush=True)
         self.last = report
         return report
 
@@ -249,9 +257,10 @@ class _StopOnCtrlC:
 
 
 def history_path() -> Path:
-    """The REPL's readline history: under the user's cache directory."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "topv-edge" / "history"
+    """The REPL's readline history: in the project's cache directory ($XDG_CACHE_HOME or ~/.cache/topv-edge)."""
+    from .llama_libs import cache_root
+
+    return cache_root() / "history"
 
 
 def _setup_readline() -> Callable[[], None]:
@@ -301,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
     _check_images(args.images)
     chat = VisionChat(args.model, args.mmproj, topv=options, n_ctx=args.ctx, threads=args.threads, seed=args.seed,
                       temp=args.temp, max_tokens=256 if args.max_tokens is None else args.max_tokens,
-                      verbose=args.verbose, progress=_progress)
+                      verbose=args.verbose, progress=_progress, n_gpu_layers=args.ngl,
+                      mmproj_offload=not args.no_mmproj_offload)
     with chat:
         session = _Session(chat, args.json)
         if args.prompt is not None:

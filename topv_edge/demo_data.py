@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -324,14 +324,19 @@ def generate_split(n: int, seed: int) -> list[Example]:
 
 
 def write_jsonl(out_dir: str | Path, n: int, seed: int) -> Path:
-    """Write images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} per line). Returns data.jsonl
-    (written last, under a temporary name until complete)."""
+    """Write images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} per line) of split `seed`."""
+    return write_examples(out_dir, iter_split(n, seed))
+
+
+def write_examples(out_dir: str | Path, examples: Iterable) -> Path:
+    """Write examples (anything with image, question, answer, qtype) as images/NNNNN.png and data.jsonl. Returns
+    data.jsonl (written last, under a temporary name until complete). Shared with topv_edge.scenes_data."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     path = out / "data.jsonl"
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as f:
-        for i, ex in enumerate(iter_split(n, seed)):
+        for i, ex in enumerate(examples):
             rel = f"images/{i:05d}.png"
             ex.image.save(out / rel)
             f.write(json.dumps({"image": rel, "question": ex.question, "answer": ex.answer, "kind": ex.qtype}) + "\n")

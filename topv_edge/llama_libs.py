@@ -86,25 +86,25 @@ def build_backend(directory: Path) -> str:
     return "cpu"
 
 
-def _source_hashes() -> tuple[str, str] | None:
-    """(patches, native) hashes of this checkout, as build_llama_cpp.sh writes them into the stamp; None when the
-    sources are not at hand (an installed package without native/)."""
-    patches = sorted((REPO_ROOT / "patches").glob("*.patch"))
-    native = REPO_ROOT / "native"
+def _source_hashes(root: Path = REPO_ROOT) -> tuple[str, str] | None:
+    """(patches, native) hashes of the checkout at `root`, as build_llama_cpp.sh writes them into the stamp; None
+    when the sources are not at hand (an installed package without native/)."""
+    patches = sorted((root / "patches").glob("*.patch"))
+    native = root / "native"
     if not patches or not native.is_dir():
         return None
     patch_hash = hashlib.sha256(b"".join(p.read_bytes() for p in patches)).hexdigest()[:16]
-    files = sorted(str(f.relative_to(REPO_ROOT)).encode() for f in native.rglob("*")
-                   if f.is_file() and not str(f.relative_to(REPO_ROOT)).startswith("native/tests/"))
-    listing = b"".join(hashlib.sha256((REPO_ROOT / f.decode()).read_bytes()).hexdigest().encode() + b"  " + f + b"\n"
+    files = sorted(str(f.relative_to(root)).encode() for f in native.rglob("*")
+                   if f.is_file() and not str(f.relative_to(root)).startswith("native/tests/"))
+    listing = b"".join(hashlib.sha256((root / f.decode()).read_bytes()).hexdigest().encode() + b"  " + f + b"\n"
                        for f in files)
     return patch_hash, hashlib.sha256(listing).hexdigest()[:16]
 
 
-def stale_build_message(directory: Path) -> str | None:
-    """Why the build in `directory` does not match this checkout's patches/ and native/ (None: it does, or the
-    sources or the stamp are not there to compare)."""
-    hashes = _source_hashes()
+def stale_build_message(directory: Path, root: Path = REPO_ROOT) -> str | None:
+    """Why the build in `directory` does not match the patches/ and native/ of the checkout at `root` (None: it
+    does, or the sources or the stamp are not there to compare)."""
+    hashes = _source_hashes(root)
     try:
         stamp = dict(w.split("=", 1) for w in (directory / ".built").read_text().split() if "=" in w)
     except OSError:

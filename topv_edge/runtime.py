@@ -312,7 +312,8 @@ class VisionChat:
     def __init__(self, model_path: str | Path, mmproj_path: str | Path | None = None, *,
                  topv: TopVOptions | None = None, n_ctx: int | None = None, threads: int | None = None,
                  seed: int = 0, temp: float = 0.0, max_tokens: int = 256, verbose: bool = False,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, n_gpu_layers: int | None = None,
+                 mmproj_offload: bool = True) -> None:
         self.model_path = check_gguf(model_path, "model")
         self.mmproj_path = check_gguf(mmproj_path, "mmproj") if mmproj_path else find_mmproj(self.model_path)
         self.topv = topv or TopVOptions()
@@ -325,6 +326,12 @@ class VisionChat:
             raise ChatError(f"--max-tokens must be at least 1, got {max_tokens}")
         self.requested_ctx = n_ctx
         self.threads = check_threads(threads)
+        # the build's GPU, as llama.cpp: n_gpu_layers None = every layer (a CPU build ignores both)
+        if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)
+                                         or n_gpu_layers < 0):
+            raise ChatError(f"--ngl must be a whole number >= 0 (layers on the GPU), got {n_gpu_layers!r}")
+        self.n_gpu_layers = n_gpu_layers
+        self.mmproj_offload = bool(mmproj_offload)
         self.seed = seed
         self.temp = temp
         self.max_tokens = max_tokens
@@ -357,6 +364,8 @@ class VisionChat:
         L, M = self.llama, self.mtmd
         self.progress(f"loading {self.model_path.name} and {self.mmproj_path.name}...")
         mparams = L.llama_model_default_params()
+        if self.n_gpu_layers is not None:
+            mparams.n_gpu_layers = self.n_gpu_layers
         with self.log.capture() as log:
             self.model = L.llama_model_load_from_file(str(self.model_path).encode(), mparams)
         if not self.model:
@@ -373,7 +382,7 @@ class VisionChat:
                             f"{self.n_layer} layers, so --layer must be 0..{max(0, self.n_layer - 2)}")
 
         cparams = M.mtmd_context_params_default()
-        cparams.use_gpu = True
+        cparams.use_gpu = self.mmproj_offload
         cparams.print_timings = False
         cparams.n_threads = self.threads
         cparams.warmup = False
@@ -560,6 +569,16 @@ class VisionChat:
             return None
         st = self._lib.topv_stats(self.mctx)
         return kept, self._lib.topv_scores(self.mctx), (st.grid_w, st.grid_h)
+
+    def devices(self) -> dict[str, Any]:
+        """Where the model runs: the llama.cpp build's backend, its GPU (None when nothing runs on one), the text
+        model's layers on it out of all (llama.cpp counts the output layer as one) and whether the encoder does."""
+        gpus = self._lib.gpu_devices()
+        n = self.n_layer + 1
+        gpu_layers = 0 if not gpus else (n if self.n_gpu_layers is None else min(self.n_gpu_layers, n))
+        on_gpu = bool(gpus) and (gpu_layers > 0 or self.mmproj_offload)
+        return {"build": self._lib.backend, "gpu": gpus[0] if on_gpu else None, "gpu_layers": gpu_layers,
+                "layers": n, "encoder_on_gpu": bool(gpus) and self.mmproj_offload}
 
     def kv_cell_positions(self) -> np.ndarray:
         """The positions of the KV cells sequence 0 holds, read back from llama.cpp (ascending)."""

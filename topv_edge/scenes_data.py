@@ -33,7 +33,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from .demo_data import accuracy_by_type, example_rng, normalize_answer, read_jsonl  # noqa: F401 (re-exported)
+from .demo_data import accuracy_by_type, example_rng, normalize_answer, read_jsonl, write_examples  # noqa: F401 (re-exported)
 
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
@@ -348,19 +348,7 @@ def generate_split(n: int, seed: int) -> list[Example]:
 
 def write_jsonl(out_dir: str | Path, n: int, seed: int) -> Path:
     """images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} a line), written last."""
-    import json
-
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    path = out / "data.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        for i, ex in enumerate(iter_split(n, seed)):
-            rel = f"images/{i:05d}.png"
-            ex.image.save(out / rel)
-            f.write(json.dumps({"image": rel, "question": ex.question, "answer": ex.answer, "kind": ex.qtype}) + "\n")
-    tmp.replace(path)
-    return path
+    return write_examples(out_dir, iter_split(n, seed))
 
 
 def cached_split(root: str | Path, n: int, seed: int) -> Path:

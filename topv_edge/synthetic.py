@@ -831,7 +831,8 @@ def quantize_model(src: Path, dst: Path, qtype: str, threads: int | None = None)
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise ValueError(f"llama-quantize failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:]
+        raise ValueError(f"llama-quantize failed (exit {r.returncode}): {tail[0] if tail else 'no output'}")
     tmp.replace(dst)
     return dst
 

@@ -5,8 +5,8 @@
 //
 // When enabled, mtmd_helper_decode_image_chunk() - and so mtmd_helper_eval_chunk_single(),
 // mtmd_helper_eval_chunks(), llama-mtmd-cli and llama-server - decodes each image in two steps:
-// a probe decode of all its tokens that reads the features of layer `layer` and is then cancelled
-// (llama.cpp rolls its KV cells back), and a decode of only the tokens the pass keeps, at their
+// a probe decode of all its tokens through layers 0..layer+1 only (llama_set_n_layer_limit: on every backend)
+// that reads the features of layer `layer`, its KV cells removed after it, and a decode of only the tokens the pass keeps, at their
 // original positions. n_past advances exactly as without pruning. Which chunks can be pruned, and how
 // their tokens map to a grid, is decided by the layout table (mtmd-topv-layouts.cpp); images of any
 // other layout are decoded unpruned (stats.result says why). Nothing is ever pruned wrongly.
