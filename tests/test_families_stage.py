@@ -25,7 +25,7 @@ import topv_edge
 from topv_edge.runtime import TopVOptions, VisionChat, read_image
 from topv_edge.synthetic import demo_image, image_layout, pair_paths, preset_config
 
-from test_llama_patch import QUESTION
+from test_llama_patch import QUESTION, decode_text_chunk
 
 # "llava-cls": LLaVA-1.5's real tower, with a class embedding (pruned once patches/10 puts the class token first)
 FAMILIES = ("llava", "llava-cls", "gemma3", "gemma4", "qwen2vl", "qwen25vl", "qwen3vl", "qwen35", "pixtral")
@@ -157,16 +157,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray) -> np.ndar
         for i in range(M.mtmd_input_chunks_size(chunks)):
             chunk = M.mtmd_input_chunks_get(chunks, i)
             if M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                n = ctypes.c_size_t()
-                toks = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                batch = L.llama_batch_init(n.value, 0, 1)
-                for j in range(n.value):
-                    batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = toks[j], n_past + j, 1, 1
-                    batch.seq_id[j][0] = 0
-                batch.n_tokens = n.value
-                assert L.llama_decode(chat.ctx, batch) == 0
-                L.llama_batch_free(batch)
-                n_past += n.value
+                n_past += decode_text_chunk(chat, chunk, n_past)
                 continue
             n_img = M.mtmd_input_chunk_get_n_tokens(chunk)
             assert M.mtmd_encode_chunk(chat.mctx, chunk) == 0

@@ -107,6 +107,23 @@ def test_pruned_logits_equal_a_manual_decode_of_the_kept_tokens_at_their_positio
     assert not np.allclose(manual["renumbered"], stage["original"], rtol=1e-3, atol=1e-3)
 
 
+def decode_text_chunk(chat: VisionChat, chunk, first_pos: int) -> int:
+    """Decode a text chunk with llama_decode at positions first_pos.. (all logits on); returns its token count."""
+    import ctypes
+
+    L, M = chat.llama, chat.mtmd
+    n = ctypes.c_size_t()
+    toks = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+    batch = L.llama_batch_init(n.value, 0, 1)
+    for j in range(n.value):
+        batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = toks[j], first_pos + j, 1, 1
+        batch.seq_id[j][0] = 0
+    batch.n_tokens = n.value
+    assert L.llama_decode(chat.ctx, batch) == 0
+    L.llama_batch_free(batch)
+    return n.value
+
+
 def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray, renumber: bool) -> np.ndarray:
     """Prefill with llama_decode directly: text chunks, then only `kept` image embeddings, then text."""
     import ctypes
@@ -122,16 +139,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray, renumber: 
     for i in range(M.mtmd_input_chunks_size(chunks)):
         chunk = M.mtmd_input_chunks_get(chunks, i)
         if M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
-            n = ctypes.c_size_t()
-            toks = M.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-            batch = L.llama_batch_init(n.value, 0, 1)
-            for j in range(n.value):
-                batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = toks[j], n_past + j - shift, 1, 1
-                batch.seq_id[j][0] = 0
-            batch.n_tokens = n.value
-            assert L.llama_decode(chat.ctx, batch) == 0
-            L.llama_batch_free(batch)
-            n_past += n.value
+            n_past += decode_text_chunk(chat, chunk, n_past - shift)
         else:
             n_img = M.mtmd_input_chunk_get_n_tokens(chunk)
             assert M.mtmd_encode_chunk(chat.mctx, chunk) == 0

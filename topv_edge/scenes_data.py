@@ -29,11 +29,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 
-from .demo_data import accuracy_by_type, example_rng, normalize_answer, read_jsonl, write_examples  # noqa: F401 (re-exported)
+from .demo_data import Example, accuracy_by_type, example_rng, normalize_answer, read_jsonl, write_examples  # noqa: F401 (re-exported)
 
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
@@ -100,13 +100,6 @@ class Scene:
     objects: tuple[Obj, ...]
     box: tuple[int, int, str] | None   # (cell x, cell y, character)
     seed_material: int                 # drives background, clutter and colour jitter
-
-
-class Example(NamedTuple):
-    image: "object"   # PIL.Image.Image, RGB, IMAGE_SIZE x IMAGE_SIZE
-    question: str
-    answer: str
-    qtype: str
 
 
 # ----------------------------------------------------------------------------------------------------
