@@ -73,6 +73,26 @@ class Terminal:
             raise AssertionError(f"the chat did not exit; the terminal shows:\n{self.out[-3000:]}")
         return self.proc.returncode
 
+    def wait_until_reading(self, timeout: float = 30) -> None:
+        """Wait until the child sleeps in select() on the terminal (readline waiting for a key).
+
+        CPython's input() loses a SIGINT that arrives after its last signal check and before readline's
+        select() (the C handler only sets a flag, and select then blocks): a Ctrl-C sent in that window of
+        about a millisecond after the prompt is printed takes effect at the next key instead. A person does
+        not hit it; a test writing at machine speed does, so it waits for the kernel to show the child
+        blocked in select/poll before sending a Ctrl-C at the prompt."""
+        deadline = time.monotonic() + timeout
+        wchan = Path(f"/proc/{self.proc.pid}/wchan")
+        while time.monotonic() < deadline:
+            try:
+                where = wchan.read_text()
+            except OSError:
+                pytest.skip("needs /proc/PID/wchan to know when the chat waits for a key")
+            if re.match(r"(poll_schedule_timeout|do_select|do_sys_poll|core_sys_select)", where):
+                return
+            self._read(0.02)
+        raise AssertionError(f"the chat never waited for a key; the terminal shows:\n{self.out[-3000:]}")
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -115,9 +135,10 @@ def test_ctrl_c_stops_the_answer_history_and_leaving(models_dir, picture, tmp_pa
         t.write("\x03")
         t.expect(r"\(answer stopped\)", timeout=30)
         t.expect(r"> ")
-        time.sleep(1.0)       # let readline take the terminal before the signal (the prompt is printed first)
+        t.wait_until_reading()
         t.write("\x03")       # Ctrl-C at the prompt: a hint, then a second one leaves
         t.expect(r"Ctrl-C again or Ctrl-D to leave")
+        t.wait_until_reading()
         t.write("\x03")
         assert t.wait() == 0
     finally:
