@@ -108,7 +108,8 @@ def bench_presets() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["llava:1b", "qwen2vl:2b"], help="family:preset (topv_edge.synthetic)")
+    ap.add_argument("--presets", nargs="+", default=["llava:1b", "qwen2vl:2b"], help="family:preset[:QTYPE] (topv_edge.synthetic); QTYPE quantises the text model with "
+                         "llama-quantize, e.g. qwen3vl:4b:Q4_K_M")
     ap.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.11, 0.05])
     ap.add_argument("--layer", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--repeats", type=int, default=3, help="timed repetitions per configuration (median)")
@@ -139,9 +140,11 @@ def main() -> int:
     demo_image((448, 448), seed=7).save(picture)
     rows = []
     for spec in args.presets:
-        family, preset = spec.split(":")
-        print(f"generating {family}/{preset} (once) ...", file=sys.stderr, flush=True)
-        model, _ = write_pair(family, preset, args.models, seed=0)
+        family, preset, *qtype = spec.split(":")  # family:preset[:QTYPE], e.g. qwen3vl:4b:Q4_K_M
+        quantize = qtype[0] if qtype else None
+        print(f"generating {spec} (once) ...", file=sys.stderr, flush=True)
+        model, _ = write_pair(family, preset, args.models, seed=0, quantize=quantize)
+        preset = f"{preset}-{quantize}" if quantize else preset
         answers: dict[tuple, str] = {}  # (keep, layer) -> the CPU build's answer
         for backend in args.backend:
             base = None
@@ -218,12 +221,12 @@ def plot(rows: list[dict], path: Path) -> None:
         d.text((left + 120, ph - 20), "keep (fraction of image tokens)", fill="black")
         base = [r for r in mine if r["layer"] is None]
         for j, layer in enumerate(layers):
-            for metric, width, label in (("image_prefill_ms_ratio", 4, "image prefill"), ("ttft_ms_ratio", 1, "first token")):
+            for metric, width, what in (("image_prefill_ms_ratio", 4, "image prefill"), ("ttft_ms_ratio", 1, "first token")):
                 pts = sorted((r["keep"], r[metric]) for r in mine + [] if r["layer"] == layer or r in base)
                 d.line([(px(k), py(v)) for k, v in pts], fill=colours[j % len(colours)], width=width)
                 ly = top + 8 + 14 * (2 * j + (width == 1))
                 d.line((right - 150, ly + 6, right - 130, ly + 6), fill=colours[j % len(colours)], width=width)
-                d.text((right - 125, ly), f"layer {layer}: {label}", fill="black")
+                d.text((right - 125, ly), f"layer {layer}: {what}", fill="black")
     img.save(path)
 
 

@@ -13,7 +13,8 @@
 #
 # --backend defaults to TOPV_EDGE_BACKEND, else what the machine has: metal on macOS, cuda when nvidia-smi
 # lists a GPU, vulkan when vulkaninfo shows a real (not CPU) GPU and glslc is installed, else cpu.
-# Environment: TOPV_EDGE_LLAMA_DIR (install directory; default below), TOPV_EDGE_BACKEND, CMAKE_ARGS, JOBS.
+# Environment: TOPV_EDGE_LLAMA_DIR (install directory; default below), TOPV_EDGE_BACKEND, CMAKE_ARGS, JOBS,
+# TARGETS (the CMake targets; default: the libraries, llama-mtmd-cli, llama-server, llama-quantize).
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -93,7 +94,7 @@ flock 9
 patch_hash=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
 native_hash=$(cd "$repo" && find native -type f ! -path 'native/tests/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
 stamp="$prefix/.built"
-want="commit=$LLAMA_CPP_COMMIT patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}"
+want="commit=$LLAMA_CPP_COMMIT patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}${TARGETS:+ targets=$TARGETS}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     echo "patched llama.cpp is up to date" >&2
     echo "$prefix"
@@ -123,10 +124,14 @@ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_COMMON=ON \
     -DMTMD_TOPV_NATIVE_DIR="$repo/native" \
     "${backend_args[@]}" ${CMAKE_ARGS:-} >&2
-cmake --build "$build" --target llama mtmd llama-mtmd-cli llama-server llama-quantize -j "${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu)}" >&2
+# TARGETS: what to build (the sanitizer build skips llama-quantize, which no test runs under it)
+read -r -a targets <<< "${TARGETS:-llama mtmd llama-mtmd-cli llama-server llama-quantize}"
+cmake --build "$build" --target "${targets[@]}" -j "${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu)}" >&2
 
 mkdir -p "$prefix/lib" "$prefix/bin"
 find "$build/bin" -maxdepth 1 \( -name 'lib*.so*' -o -name 'lib*.dylib' -o -name '*.dll' \) -exec cp -P {} "$prefix/lib/" \;
-cp "$build/bin/llama-mtmd-cli" "$build/bin/llama-server" "$build/bin/llama-quantize" "$prefix/bin/"
+for t in "${targets[@]}"; do  # the programs among the targets (llama and mtmd are the libraries above)
+    if [ -f "$build/bin/$t" ]; then cp "$build/bin/$t" "$prefix/bin/"; fi
+done
 echo "$want" > "$stamp"
 echo "$prefix"

@@ -2,8 +2,10 @@
 """Accuracy evidence for the demo model: choose the pass's defaults on the validation split, then
 report every method on the test split.
 
-    python scripts/eval_demo_model.py sweep   [--n 1200]   # validation split (seed 1): results/sweep_val.json
+    python scripts/eval_demo_model.py sweep   [--n 1200]   # validation split (seed 1): results/sweep_val_demo.json
     python scripts/eval_demo_model.py report  [--n 1200]   # test split (seed 2): results/eval_demo.json, .png
+    python scripts/eval_demo_model.py sweep  --data scenes # the second model (topv_edge/demo_model2) on its
+    python scripts/eval_demo_model.py report --data scenes #   own splits: results/{sweep_val,eval}_scenes.json
 
 `sweep` (validation only) measures, at keep 0.25 and 0.11:
   1. every method (topv_edge.METHODS) at probe layers 0 and 2 (uniform and uniform2d read no features:
@@ -34,13 +36,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from topv_edge import demo_data as D  # noqa: E402
+from topv_edge import demo_data, scenes_data  # noqa: E402
 from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL  # noqa: E402
 from topv_edge.eval import evaluate, read_items  # noqa: E402
 from topv_edge.pruning import METHODS, READOUTS, default_params  # noqa: E402
 from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2
+DEMO2 = REPO / "topv_edge" / "demo_model2"
+# --data: the question generator, the model trained on it, and the name its result files carry
+DATASETS = {
+    "demo": (demo_data, DEMO_MODEL, DEMO_MMPROJ, "demo"),
+    "scenes": (scenes_data, DEMO2 / "scenes-vlm.gguf", DEMO2 / "mmproj-scenes-vlm.gguf", "scenes"),
+}
 EVAL_DIR = REPO / "build" / "eval"  # the splits, written on first use (shared with train_demo_vlm.py)
 SWEEP_KEEPS = (0.25, 0.11)
 REPORT_KEEPS = (0.5, 0.25, 0.11, 0.05)
@@ -64,7 +72,10 @@ class Runner:
             self.cache = json.loads(path.read_text()).get("runs", {})
 
     def run(self, method: str | None, keep: float = 1.0, layer: int = 0, **params) -> dict:
-        key = json.dumps([method, keep, layer, sorted(params.items())], default=str)
+        # for the transport read-outs the key holds every parameter's value (the defaults filled in), so a
+        # cached result of older defaults is never taken for the current ones; the baselines read none
+        full = {**default_params(), **params} if method in READOUTS else params
+        key = json.dumps([method, keep, layer, sorted(full.items())], default=str)
         if key not in self.cache:
             t0 = time.perf_counter()
             opts = (TopVOptions(enabled=False) if method is None
@@ -91,7 +102,7 @@ def _chat(args) -> VisionChat:
 
 
 def sweep(args) -> int:
-    items = read_items(D.cached_split(EVAL_DIR, args.n, VAL_SEED))
+    items = read_items(DATASETS[args.data][0].cached_split(EVAL_DIR, args.n, VAL_SEED))
     with _chat(args) as chat:
         run = Runner(chat, items, args.json, args.fresh)
         base = run.run(None)["accuracy"]
@@ -132,7 +143,7 @@ def sweep(args) -> int:
 
 
 def report(args) -> int:
-    items = read_items(D.cached_split(EVAL_DIR, args.n, TEST_SEED))
+    items = read_items(DATASETS[args.data][0].cached_split(EVAL_DIR, args.n, TEST_SEED))
     methods = list(METHODS) if not args.methods else args.methods.split(",")
     with _chat(args) as chat:
         run = Runner(chat, items, args.json, args.fresh)
@@ -156,7 +167,7 @@ def report(args) -> int:
     for keep in args.keeps:
         cells = [next(r["accuracy"] for r in rows if r["method"] == m and r["keep"] == keep) for m in methods]
         print(f"| {keep:g} | " + " | ".join(f"{a:.3f}" for a in cells) + " |")
-    plot(rows, args.png, f"demo model, test split ({len(items)} questions, layer {args.layer}): accuracy against keep")
+    plot(rows, args.png, f"{args.data} model, test split ({len(items)} questions, layer {args.layer}): accuracy against keep")
     print(f"\nwrote {args.json} and {args.png}", file=sys.stderr)
     return 0
 
@@ -204,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("sweep", "report"):
         p = sub.add_parser(name)
-        p.add_argument("--model", type=Path, default=DEMO_MODEL)
-        p.add_argument("--mmproj", type=Path, default=DEMO_MMPROJ)
+        p.add_argument("--data", choices=sorted(DATASETS), default="demo",
+                       help="demo: the shapes model and its questions; scenes: the second model (clutter, sizes, "
+                            "relations, reading)")
+        p.add_argument("--model", type=Path, help="default: the model trained on --data")
+        p.add_argument("--mmproj", type=Path)
         p.add_argument("--n", type=int, default=1200, help="questions (default 1200)")
         p.add_argument("--threads", type=int)
         p.add_argument("--methods", help="comma-separated (default: every method)")
@@ -216,13 +230,20 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--param-methods", help="read-outs for the parameter sweep (default: all four)")
             p.add_argument("--skip-params", action="store_true")
             p.add_argument("--params", help="comma-separated parameters to sweep (default: all of PARAM_GRID)")
-            p.add_argument("--json", type=Path, default=REPO / "results" / "sweep_val.json")
+            p.add_argument("--json", type=Path, help="default: results/sweep_val_<data>.json")
         else:
             p.add_argument("--layer", type=int, default=2, help="probe layer of the feature-reading methods")
             p.add_argument("--keeps", type=float, nargs="+", default=list(REPORT_KEEPS))
-            p.add_argument("--json", type=Path, default=REPO / "results" / "eval_demo.json")
-            p.add_argument("--png", type=Path, default=REPO / "results" / "eval_demo.png")
+            p.add_argument("--json", type=Path, help="default: results/eval_<data>.json")
+            p.add_argument("--png", type=Path, help="default: --json with .png")
     args = ap.parse_args(argv)
+    _, model, mmproj, name = DATASETS[args.data]
+    args.model, args.mmproj = args.model or model, args.mmproj or mmproj
+    if args.json is None:
+        stem = f"sweep_val_{name}" if args.cmd == "sweep" else f"eval_{name}"
+        args.json = REPO / "results" / f"{stem}.json"
+    if args.cmd == "report" and args.png is None:
+        args.png = args.json.with_suffix(".png")
     return sweep(args) if args.cmd == "sweep" else report(args)
 
 

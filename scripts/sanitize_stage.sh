@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The TopV stage under AddressSanitizer + UndefinedBehaviorSanitizer: builds the patched llama.cpp (stage and pass
-# included) with both sanitizers into its own cache directory, then runs the stage's tests against that build with
-# the sanitizer runtimes preloaded into Python. Any sanitizer report ends the run with a non-zero exit code.
+# The TopV stage under AddressSanitizer + UndefinedBehaviorSanitizer: builds the patched llama.cpp libraries (libllama,
+# and libmtmd with the stage and the pass) with both sanitizers into its own cache directory, then runs the stage's
+# tests (every family, bad inputs, keep extremes) against that build with the sanitizer runtimes preloaded into
+# Python. Any sanitizer report ends the run with a non-zero exit code.
 #
 #   scripts/sanitize_stage.sh                 # build (cached) + the stage tests
-#   scripts/sanitize_stage.sh -k qwen         # extra arguments go to pytest
+#   scripts/sanitize_stage.sh -x              # extra arguments go to pytest (a -k of your own replaces the one below)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/topv-edge"
 export TOPV_EDGE_LLAMA_DIR="$cache_root/llama.cpp-0c1e57098bba-cpu-asan"
-CMAKE_ARGS="-DLLAMA_SANITIZE_ADDRESS=ON -DLLAMA_SANITIZE_UNDEFINED=ON -DGGML_SANITIZE_ADDRESS=ON -DGGML_SANITIZE_UNDEFINED=ON" \
+TARGETS="llama mtmd" CMAKE_ARGS="-DLLAMA_SANITIZE_ADDRESS=ON -DLLAMA_SANITIZE_UNDEFINED=ON -DGGML_SANITIZE_ADDRESS=ON -DGGML_SANITIZE_UNDEFINED=ON" \
     bash scripts/build_llama_cpp.sh --backend cpu >&2
 
 # Python itself is not instrumented: the runtimes must be loaded first. Python's allocator and numba hold memory
@@ -23,4 +24,6 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_m
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 stage_tests=(tests/test_llama_patch.py)
 for t in tests/test_families_stage.py tests/test_inputs.py; do [ -f "$t" ] && stage_tests+=("$t"); done
-python -m pytest -q -p no:cacheprovider "${stage_tests[@]}" "$@"
+# the libraries only (libllama, libmtmd with the stage and the pass): the command-line binaries' own tests run on
+# the regular build; here everything that goes through the stage from Python
+python -m pytest -q -p no:cacheprovider "${stage_tests[@]}" -k "not mtmd_cli and not llama_server" "$@"

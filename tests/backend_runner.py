@@ -39,8 +39,9 @@ def main() -> int:
     meta: dict = {"_backend": libs.backend, "_directory": str(libs.directory), "_ngl": args.ngl,
                   "_mmproj_offload": not args.no_mmproj_offload, "_gpu_devices": libs.gpu_devices()}
     arrays: dict[str, np.ndarray] = {}
-    modes = {"off": TopVOptions(enabled=False), "keep1": TopVOptions(keep=1.0, layer=args.layer),
-             "pruned": TopVOptions(keep=args.keep, layer=args.layer)}
+    # TopV's transport pass: the probe runs at any layer (the default method at layer 0 would skip it)
+    modes = {"off": TopVOptions(enabled=False), "keep1": TopVOptions(keep=1.0, layer=args.layer, method="topv"),
+             "pruned": TopVOptions(keep=args.keep, layer=args.layer, method="topv")}
     for family in args.families:
         meta[family] = {}
         for mode, topv in modes.items():

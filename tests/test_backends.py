@@ -209,7 +209,7 @@ def test_stage_on_backend(models_dir, picture, run_root, backend, ngl, family):
     pr = meta["pruned"]
     assert pr["pruned"], pr
     idx, _ = topv_edge.select(a[f"{f}/pruned/source"], a[f"{f}/pruned/target"], grid=(pr["grid_w"], pr["grid_h"]),
-                              keep=KEEP)
+                              keep=KEEP, method="topv")
     assert np.array_equal(a[f"{f}/pruned/kept"], idx)
     # KV cells = text + kept, at positions the unpruned prompt has too
     assert len(a[f"{f}/pruned/kv"]) == pr["n_text"] + pr["n_kept"]

@@ -22,16 +22,19 @@ def chat(*args: str, stdin: str | None = None, timeout: int = 120) -> subprocess
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_one_shot_json_report_is_consistent(models_dir, picture, libs, family):
+@pytest.mark.parametrize("flags", [[], ["--layer", "2", "--method", "topv"]], ids=["default", "probed"])
+def test_one_shot_json_report_is_consistent(models_dir, picture, libs, family, flags):
     r = chat(str(models_dir / f"{family}-tiny.gguf"), str(picture), "--prompt", QUESTION, "--keep", "0.25",
-             "--json", "--max-tokens", "6", "--threads", "2")
+             "--json", "--max-tokens", "6", "--threads", "2", *flags)
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
     (image,) = report["images"]
     assert image["pruned"] and report["kept_tokens"] == round(0.25 * report["image_tokens"]) == image["n_kept"]
     assert report["kv_cells"] == report["text_tokens"] + report["kept_tokens"] + report["generated_tokens"]
-    for key in ("encode_ms", "probe_ms", "pass_ms", "prefill_ms", "ttft_ms"):
+    for key in ("encode_ms", "pass_ms", "prefill_ms", "ttft_ms"):
         assert report[key] > 0
+    # the default (divprune at layer 0) reads the embeddings: no probe; a transport method at layer 2 probes
+    assert (report["probe_ms"] > 0) == bool(flags), report["probe_ms"]
     assert report["n_ctx"] < report["text_tokens"] + report["image_tokens"] + 256 + 256 + 6  # sized after pruning
 
 

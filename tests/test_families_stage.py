@@ -34,6 +34,9 @@ MROPE = {"qwen2vl", "qwen25vl", "qwen3vl", "qwen35"}
 PICTURE_SIZE = {"pixtral": (192, 128)}
 DEFAULT_SIZE = (336, 224)
 KEEP = 0.25
+# the probe's path (a transport method at layer 2: the probe runs, its cells and recurrent state are rolled back);
+# the default (divprune at layer 0) runs no probe and has its own test below
+PROBED = {"keep": KEEP, "layer": 2, "method": "topv"}
 LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY = 1
 
 
@@ -220,7 +223,7 @@ def test_pruned_memory_holds_text_and_kept_tokens_at_original_positions(models_d
         chat.add_user_message(QUESTION, [picture])
         full_cells, full_n_past = memory_cells(chat), chat.n_past
         facts = image_chunk_facts(chat, picture)
-    with session(models_dir, family, keep=KEEP) as chat:
+    with session(models_dir, family, **PROBED) as chat:
         (im,), n_text, _ = chat.add_user_message(QUESTION, [picture])
         cells, n_past = memory_cells(chat), chat.n_past
         kept = libs.topv_kept(chat.mctx)
@@ -252,7 +255,7 @@ def test_pruned_memory_holds_text_and_kept_tokens_at_original_positions(models_d
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kept_set_is_what_select_returns_on_the_probed_features(models_dir, pictures, libs, family):
-    with session(models_dir, family, keep=KEEP, layer=2) as chat:
+    with session(models_dir, family, **PROBED) as chat:
         (im,), _, _ = chat.add_user_message(QUESTION, [pictures(family)])
         assert im.pruned, im.note
         source = libs.topv_features(chat.mctx, target=False)
@@ -266,7 +269,7 @@ def test_kept_set_is_what_select_returns_on_the_probed_features(models_dir, pict
     assert len(grid_tokens) == st.grid_w * st.grid_h
     assert source.shape == target.shape == (len(grid_tokens), n_embd) == (st.n_grid, st.n_embd)
     assert np.all(np.isfinite(source)) and np.all(np.isfinite(target)) and not np.array_equal(source, target)
-    idx, ref_scores = topv_edge.select(source, target, grid=(st.grid_w, st.grid_h), keep=KEEP)
+    idx, ref_scores = topv_edge.select(source, target, grid=(st.grid_w, st.grid_h), keep=KEEP, method="topv")
     assert np.array_equal(kept, np.union1d(grid_tokens[idx], special))
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-12)
 
@@ -276,7 +279,7 @@ def test_pruned_logits_equal_a_manual_decode_of_the_kept_rows(models_dir, pictur
     """Deepstack (qwen3vl): the kept rows carry all their slices; hybrid (qwen35): the recurrent state after the
     pruned image is the state after a decode of the kept tokens alone (the probe left nothing behind)."""
     picture = pictures(family)
-    with session(models_dir, family, keep=KEEP) as chat:
+    with session(models_dir, family, **PROBED) as chat:
         (im,), _, _ = chat.add_user_message(QUESTION, [picture])
         assert im.pruned, im.note
         stage = chat.logits()
@@ -294,6 +297,51 @@ def test_pruned_logits_equal_a_manual_decode_of_the_kept_rows(models_dir, pictur
     if family == "qwen35":
         assert stage_state == manual_state
         assert stage_state != full_state
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("extreme", ["one token", "all but one"])
+def test_keep_extremes_prune_to_exactly_that_many_tokens(models_dir, pictures, libs, family, extreme):
+    """A count of 1 and of N - 1 grid tokens: the stage keeps exactly that many grid tokens (the structural
+    ones besides), the memory holds text + kept, and the model answers from it (the sanitizer job runs this)."""
+    picture = pictures(family)
+    w, h = expected_grid(family, picture)
+    count = 1 if extreme == "one token" else w * h - 1
+    special = structural_tokens(family, w, h)
+    with session(models_dir, family, keep=count) as chat:
+        (im,), n_text, _ = chat.add_user_message(QUESTION, [picture])
+        kept = libs.topv_kept(chat.mctx)
+        cells = chat.kv_cells
+        logits = chat.logits()
+        answer, _ = chat.ask("And the colours?")
+    assert im.pruned, im.note
+    assert len(kept) == im.n_kept == count + len(special)
+    assert set(special) <= set(kept.tolist())
+    assert cells == n_text + len(kept)
+    assert np.all(np.isfinite(logits))
+    assert isinstance(answer, str)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_0_without_a_target_runs_no_probe(models_dir, pictures, libs, family):
+    """At layer 0 the source is the image embeddings; divprune reads nothing else, so the stage decodes the kept
+    tokens without running the language model over the whole image first (no probe node, no probe time)."""
+    picture = pictures(family)
+    with session(models_dir, family, keep=KEEP, layer=0, method="divprune") as chat:
+        (im,), n_text, _ = chat.add_user_message(QUESTION, [picture])
+        st = libs.topv_stats(chat.mctx)
+        kept = libs.topv_kept(chat.mctx)
+        source = libs.topv_features(chat.mctx, target=False)
+        target = libs.topv_features(chat.mctx, target=True)
+        cells = chat.kv_cells
+    assert im.pruned, im.note
+    assert st.probe_max_layer == -1 and st.probe_ms == 0.0
+    assert target is None and source.shape == (st.n_grid, st.n_embd)
+    special = structural_tokens(family, st.grid_w, st.grid_h)
+    grid_tokens = np.setdiff1d(np.arange(st.n_tokens), special)
+    idx, _ = topv_edge.select(source, None, grid=(st.grid_w, st.grid_h), keep=KEEP, method="divprune")
+    assert np.array_equal(kept, np.union1d(grid_tokens[idx], special))
+    assert cells == n_text + len(kept)
 
 
 class _GgmlTensor(ctypes.Structure):

@@ -76,7 +76,8 @@ def test_kept_set_is_what_select_returns_on_the_probed_features(models_dir, pict
         kept = libs.topv_kept(chat.mctx)
         scores = libs.topv_scores(chat.mctx)
         st = libs.topv_stats(chat.mctx)
-    assert source.shape == target.shape == (im.n_tokens, chat.llama.llama_model_n_embd(chat.model))
+        n_embd = chat.llama.llama_model_n_embd(chat.model)  # while the model is loaded (ASan found it read after)
+    assert source.shape == target.shape == (im.n_tokens, n_embd)
     assert np.all(np.isfinite(source)) and not np.array_equal(source, target)
     idx, ref_scores = topv_edge.select(source, target, grid=(st.grid_w, st.grid_h), keep=0.25)
     assert np.array_equal(kept, idx)
@@ -182,6 +183,18 @@ def test_mtmd_cli_prunes_and_logs_a_line_per_image(models_dir, picture, libs):
     assert r.returncode == 0, out[-2000:]
     assert "topv: image 8x8: 64 tokens -> 16 kept (layer 2)" in out
     assert "failed" not in out
+
+
+def test_mtmd_cli_without_layer_or_method_flags_uses_the_stages_defaults(models_dir, picture, libs):
+    """What the command lines do without --topv-layer / --topv-method is what the Python side does."""
+    from topv_edge.pruning import DEFAULT_LAYER, default_method
+
+    r = run_cli(libs, models_dir, picture, "--topv-keep", "0.25")
+    out = (r.stdout + r.stderr).decode("utf-8", "replace")
+    assert r.returncode == 0, out[-2000:]
+    assert f"-> 16 kept (layer {DEFAULT_LAYER}), probe 0.0 ms" in out  # divprune at layer 0: no probe
+    help_text = subprocess.run([binary(libs, "llama-mtmd-cli"), "--help"], capture_output=True, timeout=60)
+    assert f"{default_method()} (the default" in (help_text.stdout + help_text.stderr).decode()
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -293,3 +306,12 @@ def test_pruned_logits_match_a_float64_reference_forward_at_the_original_positio
     assert np.max(np.abs(logits - pruned)) < 5e-3 * np.std(logits), np.max(np.abs(logits - pruned))
     renumbered = ref.forward(np.concatenate(xs), np.arange(sum(len(p) for p in ps), dtype=np.float64))[-1]
     assert np.max(np.abs(renumbered - pruned)) > 20 * np.max(np.abs(logits - pruned))
+
+
+def test_the_python_defaults_are_the_stages(libs):
+    """chat, handler, eval and viz default to what llama-mtmd-cli and llama-server do without flags."""
+    from topv_edge.pruning import DEFAULT_LAYER, default_method
+
+    p = libs.topv_default_params()
+    assert p.layer == DEFAULT_LAYER
+    assert p.pass_params.method == topv_edge.METHODS[default_method()]

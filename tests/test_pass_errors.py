@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ctypes
 import math
 
@@ -11,6 +12,10 @@ import pytest
 import topv_edge
 from topv_edge import _native
 from conftest import random_features
+
+# the transport pass unless a test names another method (the product's default method is another one)
+select_topv = functools.partial(topv_edge.select, method="topv")
+
 
 BACKENDS = ["native", "numba"]
 
@@ -33,20 +38,20 @@ def features(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 )
 def test_bad_shapes(backend: str, shape_s, shape_t, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        topv_edge.select(np.ones(shape_s, np.float32), np.ones(shape_t, np.float32), (4, 4), 1, backend=backend)
+        select_topv(np.ones(shape_s, np.float32), np.ones(shape_t, np.float32), (4, 4), 1, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("keep", [0, 17, -1, 0.0, 1.5, -0.25, math.nan])
 def test_keep_out_of_range(features, backend: str, keep) -> None:
     with pytest.raises(ValueError, match="keep"):
-        topv_edge.select(*features, (4, 4), keep, backend=backend)
+        select_topv(*features, (4, 4), keep, backend=backend)
 
 
 @pytest.mark.parametrize("keep", [True, "0.5", None])
 def test_keep_wrong_type(features, keep) -> None:
     with pytest.raises(TypeError, match="keep"):
-        topv_edge.select(*features, (4, 4), keep)
+        select_topv(*features, (4, 4), keep)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -56,7 +61,7 @@ def test_nonfinite_features(features, backend: str, bad: float, which: int) -> N
     arrays = [features[0].copy(), features[1].copy()]
     arrays[which][5, 3] = bad
     with pytest.raises(ValueError, match="NaN or Inf"):
-        topv_edge.select(*arrays, (4, 4), 4, backend=backend)
+        select_topv(*arrays, (4, 4), 4, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -76,7 +81,7 @@ def test_nonfinite_features(features, backend: str, bad: float, which: int) -> N
 )
 def test_bad_parameters(features, backend: str, params: dict, status: str) -> None:
     with pytest.raises(topv_edge.TopVError) as info:
-        topv_edge.select(*features, (4, 4), 4, backend=backend, **params)
+        select_topv(*features, (4, 4), 4, backend=backend, **params)
     assert info.value.status == {"EPS_RANGE": 7, "BAD_PARAM": 6}[status]
     assert "eps" in str(info.value) or "out of range" in str(info.value)
 
@@ -94,7 +99,7 @@ def test_bad_parameters(features, backend: str, params: dict, status: str) -> No
 )
 def test_bad_arguments(features, kwargs: dict, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
-        topv_edge.select(*features, (4, 4), 4, **kwargs)
+        select_topv(*features, (4, 4), 4, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -109,17 +114,17 @@ def test_bad_arguments(features, kwargs: dict, error: type, message: str) -> Non
 )
 def test_bad_grid(features, grid, coords, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        topv_edge.select(*features, grid, 4, coords=coords)
+        select_topv(*features, grid, 4, coords=coords)
 
 
 @pytest.mark.parametrize("method", sorted(topv_edge.METHODS))
 def test_transport_methods_need_target(features, method: str) -> None:
     if method.startswith("topv"):
         with pytest.raises(ValueError, match="target"):
-            topv_edge.select(features[0], None, (4, 4), 4, method=method)
+            select_topv(features[0], None, (4, 4), 4, method=method)
     else:  # the baselines do not read it
         for backend in ("native", "numba"):
-            kept, _ = topv_edge.select(features[0], None, (4, 4), 4, method=method, backend=backend)
+            kept, _ = select_topv(features[0], None, (4, 4), 4, method=method, backend=backend)
             assert len(kept) == 4
 
 
@@ -129,7 +134,19 @@ def test_method_names_come_from_c() -> None:
     for name, value in topv_edge.METHODS.items():
         assert _native.method_from_name(name) == value
     with pytest.raises(ValueError, match="method must be one of"):
-        topv_edge.select(np.zeros((4, 2), np.float32), None, (2, 2), 1, method="TopV")
+        select_topv(np.zeros((4, 2), np.float32), None, (2, 2), 1, method="TopV")
+
+
+def test_what_a_method_reads_agrees_with_the_reference() -> None:
+    """topv_method_reads (what the stage uses to skip the probe at layer 0): the transport read-outs read the
+    target, every method but the two lattices reads the source; both sides know the same."""
+    from topv_edge.pruning import READOUTS
+
+    for name, value in topv_edge.METHODS.items():
+        reads = _native.method_reads(value)
+        assert bool(reads & _native.READS_TARGET) == (name in READOUTS), name
+        assert bool(reads & _native.READS_SOURCE) == (name not in ("uniform", "uniform2d")), name
+    assert _native.method_reads(-1) == -1 and _native.method_reads(len(topv_edge.METHODS)) == -1
 
 
 def test_c_api_returns_codes_for_raw_calls() -> None:

@@ -11,6 +11,7 @@ topv_fcost) takes a quarter of the seeded cases; every baseline has its own case
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -19,6 +20,10 @@ import pytest
 import topv_edge
 from conftest import random_features
 from topv_edge.pruning import BASELINES, READOUTS
+
+# the transport pass unless a test names another method (the product's default method is another one)
+select_topv = functools.partial(topv_edge.select, method="topv")
+
 
 SCORE_RTOL = 2e-6  # per unit of alpha / eps
 COS_ATOL = 1e-5    # cosine similarities from the float32 Gram kernel vs float64 sums
@@ -112,15 +117,15 @@ def test_native_matches_reference(seed: int) -> None:
     method = TRANSPORT[seed % len(TRANSPORT)]
     n = source.shape[0]
     k = topv_edge.keep_count(n, keep)
-    got, got_scores = topv_edge.select(source, target, grid, keep, coords=coords, method=method, **params)
-    want, want_scores = topv_edge.select(source, target, grid, keep, coords=coords, method=method, backend="numba",
+    got, got_scores = select_topv(source, target, grid, keep, coords=coords, method=method, **params)
+    want, want_scores = select_topv(source, target, grid, keep, coords=coords, method=method, backend="numba",
                                          **params)
     _check_selection(got, n, k)
     _check_selection(want, n, k)
 
     scale = None
     if method == "topv_cost":  # the largest cost times the largest mass
-        mass = topv_edge.select(source, target, grid, keep, coords=coords, method="topv_rowsum", backend="numba",
+        mass = select_topv(source, target, grid, keep, coords=coords, method="topv_rowsum", backend="numba",
                                 **params)[1]
         scale = (params["alpha"] + params["beta"] + params["gamma"]) * float(mass.max())
     tol = score_tolerance(source, target, params["alpha"], params["eps"], want_scores, method, scale)
@@ -137,8 +142,8 @@ def test_native_matches_reference(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(20))
 def test_baselines_match_reference(method: str, seed: int) -> None:
     source, target, grid, coords, keep, _ = _case(1000 + seed)
-    got, got_scores = topv_edge.select(source, target, grid, keep, coords=coords, method=method)
-    want, want_scores = topv_edge.select(source, target, grid, keep, coords=coords, method=method, backend="numba")
+    got, got_scores = select_topv(source, target, grid, keep, coords=coords, method=method)
+    want, want_scores = select_topv(source, target, grid, keep, coords=coords, method=method, backend="numba")
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(got_scores, want_scores, rtol=1e-12)
 
@@ -146,8 +151,8 @@ def test_baselines_match_reference(method: str, seed: int) -> None:
 @pytest.mark.parametrize("seed", range(30))
 def test_distinct_matches_reference(seed: int) -> None:
     source, target, grid, coords, keep, _ = _case(2000 + seed)
-    got, got_scores = topv_edge.select(source, None, grid, keep, coords=coords, method="distinct")
-    want, want_scores = topv_edge.select(source, None, grid, keep, coords=coords, method="distinct", backend="numba")
+    got, got_scores = select_topv(source, None, grid, keep, coords=coords, method="distinct")
+    want, want_scores = select_topv(source, None, grid, keep, coords=coords, method="distinct", backend="numba")
     n, k = len(source), topv_edge.keep_count(len(source), keep)
     _check_selection(got, n, k)
     np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=COS_ATOL)
@@ -164,8 +169,8 @@ def test_divprune_matches_reference(seed: int) -> None:
 
     source, target, grid, coords, keep, _ = _case(3000 + seed)
     n, k = len(source), topv_edge.keep_count(len(source), keep)
-    got, got_scores = topv_edge.select(source, None, grid, keep, coords=coords, method="divprune")
-    want, want_scores = topv_edge.select(source, None, grid, keep, coords=coords, method="divprune", backend="numba")
+    got, got_scores = select_topv(source, None, grid, keep, coords=coords, method="divprune")
+    want, want_scores = select_topv(source, None, grid, keep, coords=coords, method="divprune", backend="numba")
     _check_selection(got, n, k)
     np.testing.assert_array_equal(np.sort(got_scores[got]), np.arange(1, k + 1))  # K - t for the t-th pick
     assert np.count_nonzero(got_scores) == k
@@ -192,8 +197,8 @@ def test_divprune_matches_reference(seed: int) -> None:
 def test_parity_at_realistic_size(rng: np.random.Generator) -> None:
     """A LLaVA-1.5 image (24 x 24 tokens) with a 4096-wide LLM, default parameters."""
     source, target = random_features(rng, 576, 4096, "outliers")
-    got, got_scores = topv_edge.select(source, target, (24, 24), 0.25)
-    want, want_scores = topv_edge.select(source, target, (24, 24), 0.25, backend="numba")
+    got, got_scores = select_topv(source, target, (24, 24), 0.25)
+    want, want_scores = select_topv(source, target, (24, 24), 0.25, backend="numba")
     p = topv_edge.default_params()
     tol = score_tolerance(source, target, p["alpha"], p["eps"], want_scores, "topv")
     np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=tol)

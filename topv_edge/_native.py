@@ -86,6 +86,8 @@ def library() -> ctypes.CDLL:
     lib.topv_method_name.argtypes = [ctypes.c_int32]
     lib.topv_method_from_name.restype = ctypes.c_int32
     lib.topv_method_from_name.argtypes = [ctypes.c_char_p]
+    lib.topv_method_reads.restype = ctypes.c_int32
+    lib.topv_method_reads.argtypes = [ctypes.c_int32]
     lib.topv_keep_count.restype = ctypes.c_int64
     lib.topv_keep_count.argtypes = [ctypes.c_int64, ctypes.c_double]
     lib.topv_select.restype = ctypes.c_int32
@@ -105,6 +107,14 @@ def method_names() -> dict[str, int]:
         out[name.decode()] = m
         m += 1
     return out
+
+
+READS_SOURCE, READS_TARGET = 1, 2  # topv_method_reads bits
+
+
+def method_reads(method: int) -> int:
+    """topv_method_reads: READS_SOURCE | READS_TARGET bits of the features the method reads, -1 if unknown."""
+    return int(library().topv_method_reads(method))
 
 
 def method_from_name(name: str) -> int:

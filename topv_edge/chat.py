@@ -6,8 +6,8 @@
 
 The mmproj (the vision encoder) is the .gguf next to the model whose name contains
 "mmproj", or --mmproj. Options may come anywhere, before, between or after the files.
-Pruning keeps --keep of each image's tokens (default 0.25), chosen by TopV at layer
---layer (default 2); the kept tokens keep their original positions, so answers stay
+Pruning keeps --keep of each image's tokens (default 0.25), chosen by --method at layer
+--layer; the kept tokens keep their original positions, so answers stay
 grounded, and the KV cache holds only them.
 
 --keep: '0.25' or '25%' is a ratio of each image's tokens; a whole number ('144') is a
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ._native import METHODS
+from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, default_method
 from .runtime import MAX_THREADS, ChatError, TopVOptions, TurnReport, VisionChat, read_image
 
 
@@ -109,15 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
     ap.add_argument("-p", "--prompt", help="ask this once, print the answer and exit (no interactive chat)")
     g = ap.add_argument_group("pruning")
-    g.add_argument("--keep", type=parse_keep, default=0.25,
+    g.add_argument("--keep", type=parse_keep, default=DEFAULT_KEEP,
                    help="image tokens to keep: a ratio (0.25) or percentage (25%%) of each image, or a whole "
-                        "token count (144; so 1 is one token, 1.0 all of them); default 0.25")
-    g.add_argument("--layer", type=_nonnegative_int, default=2,
-                   help="the LLM layer whose input and output features TopV compares (the paper's Li), "
-                        "0..(layers - 2), checked once the model is loaded; default 2")
-    g.add_argument("--method", choices=list(METHODS), default="topv",
-                   help="how to choose the kept tokens: topv (the paper's optimal transport; default) or a "
-                        "baseline, e.g. uniform (evenly spaced) or norm (largest feature norm)")
+                        f"token count (144; so 1 is one token, 1.0 all of them); default {DEFAULT_KEEP}")
+    g.add_argument("--layer", type=_nonnegative_int, default=DEFAULT_LAYER,
+                   help="the LLM layer whose features the method reads (the paper's Li), 0..(layers - 2), "
+                        f"checked once the model is loaded; at 0 a method that reads no target (divprune, "
+                        f"uniform, ...) needs no probe at all; default {DEFAULT_LAYER}")
+    g.add_argument("--method", choices=list(METHODS), default=default_method(),
+                   help=f"how to choose the kept tokens (default {default_method()}, chosen on two trained models: "
+                        "docs/pass.md): topv (the paper's optimal transport), divprune (greedy feature "
+                        "diversity), or another baseline, e.g. uniform2d (an even lattice) or uniform")
     g.add_argument("--no-prune", action="store_true", help="decode every image token (plain llama.cpp behaviour)")
     g.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[],
                    help="a pass parameter (alpha, beta, gamma, sigma, eps, tau, iters, recover), e.g. --topv recover=0.5")

@@ -2,7 +2,7 @@
 llama.cpp, for each method, keep and layer, and compare with the unpruned baseline.
 
   python -m topv_edge.eval --model M.gguf [--mmproj P.gguf] --data FILE.jsonl [--keep 0.5 0.25 0.11]
-                           [--method topv,uniform,norm] [--layer 2] [--positions original,renumbered]
+                           [--method topv,divprune,uniform2d,uniform] [--layer 0 2] [--positions original,renumbered]
                            [--topv NAME=VALUE ...] [--limit N] [--json] [--out results.json]
 
 FILE.jsonl holds one object per line: {"image": path, "question": str, "answer": str} (image paths
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._native import METHODS
+from .pruning import DEFAULT_LAYER
 from .chat import _nonnegative_int, _Parser, _positive_int, parse_keep, parse_topv_params, threads_arg
 from .runtime import ChatError, TopVOptions, VisionChat
 
@@ -120,15 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mmproj")
     ap.add_argument("--data", required=True, type=Path, help="JSON lines: image, question, answer")
     ap.add_argument("--keep", type=parse_keep, nargs="+", default=[0.5, 0.25, 0.11])
-    ap.add_argument("--method", default="topv,uniform,norm",
-                    help=f"comma-separated, from: {', '.join(METHODS)}; default topv,uniform,norm")
-    ap.add_argument("--layer", type=_nonnegative_int, nargs="+", default=[2])
+    ap.add_argument("--method", default="topv,divprune,uniform2d,uniform",
+                    help=f"comma-separated, from: {', '.join(METHODS)}; default topv,divprune,uniform2d,uniform")
+    ap.add_argument("--layer", type=_nonnegative_int, nargs="+", default=[DEFAULT_LAYER],
+                    help=f"probe layers (default {DEFAULT_LAYER}); e.g. 0 2 to compare")
     ap.add_argument("--positions", default="original",
                     help="comma-separated: original (the product), renumbered (diagnostic, see above)")
     ap.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[], help="a pass parameter, e.g. gamma=0.5")
     ap.add_argument("--limit", type=_positive_int, help="only the first N questions")
     ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
     ap.add_argument("--max-tokens", type=_positive_int, default=8, help="longest answer in tokens (default 8)")
+    ap.add_argument("--ngl", type=_nonnegative_int, default=None,
+                    help="text-model layers on the GPU, as llama.cpp's -ngl (default: all of them on a GPU build)")
+    ap.add_argument("--no-mmproj-offload", action="store_true",
+                    help="run the image encoder on the CPU (default: on the GPU when the build has one)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--out", type=Path, help="also write the results (JSON) here; its directory must exist")
     args = ap.parse_args(argv)
@@ -147,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         show = (lambda i, n: print(f"\r  {i}/{n}", end="", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
         rows = []
         with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads,
-                        max_tokens=args.max_tokens) as chat:
+                        max_tokens=args.max_tokens, n_gpu_layers=args.ngl,
+                        mmproj_offload=not args.no_mmproj_offload) as chat:
             t0 = time.perf_counter()
             base = evaluate(chat, items, TopVOptions(enabled=False), show)
             rows.append({"method": "none", **keep_fields(TopVOptions(enabled=False)), "layer": None,

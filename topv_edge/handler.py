@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import llama_libs
+from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, default_method
 from .runtime import (ChatError, ImageReport, TopVOptions, check_threads, configure_topv, decode_image,
                       explain_llama_error)
 
@@ -74,11 +75,12 @@ class TopVChatHandler(MTMDChatHandler):
     is decoded unpruned with a `TopVFallbackWarning` saying why; `last_image_reports()` has every image
     of the last request."""
 
-    def __init__(self, clip_model_path: str | Path, *, keep: float | int = 0.25, layer: int = 2,
-                 method: str = "topv", no_prune: bool = False, threads: int | None = None, verbose: bool = False,
+    def __init__(self, clip_model_path: str | Path, *, keep: float | int = DEFAULT_KEEP, layer: int = DEFAULT_LAYER,
+                 method: str | None = None, no_prune: bool = False, threads: int | None = None, verbose: bool = False,
                  use_gpu: bool = True, **topv_params: float | int) -> None:
         super().__init__(str(clip_model_path), verbose=verbose, use_gpu=use_gpu)
-        self.topv = TopVOptions(enabled=not no_prune, keep=keep, layer=layer, method=method, params=dict(topv_params))
+        self.topv = TopVOptions(enabled=not no_prune, keep=keep, layer=layer, method=method or default_method(),
+                                params=dict(topv_params))
         try:
             self.topv.validate()
             self.threads = None if threads is None else check_threads(threads)

@@ -23,6 +23,19 @@ READOUTS: dict[str, int] = {
 BASELINES: tuple[str, ...] = ("uniform", "norm", "divprune", "uniform2d", "distinct")
 
 
+# The product's defaults (chat, handler, eval, viz and the llama.cpp stage), chosen on the validation splits
+# of both trained models (docs/pass.md, "Decision"). The method is the C library's (topv_default_params);
+# the layer is the stage's (mtmd_topv_default_params; tests/test_llama_patch.py checks they agree).
+DEFAULT_KEEP = 0.25
+DEFAULT_LAYER = 0
+
+
+def default_method() -> str:
+    """The default method's name: topv_default_params().method, read from the C library."""
+    value = _native.default_params().method
+    return next(name for name, m in METHODS.items() if m == value)
+
+
 def default_params() -> dict[str, float | int]:
     """The pass parameters' defaults, read from the native topv_default_params()."""
     p = _native.default_params()
@@ -42,9 +55,10 @@ def keep_count(n_tokens: int, keep: int | float) -> int:
     raise TypeError(f"keep must be an int count or a float ratio, got {type(keep).__name__}")
 
 
-def make_params(method: str = "topv", threads: int = 0, max_scratch_bytes: int | None = None,
+def make_params(method: str | None = None, threads: int = 0, max_scratch_bytes: int | None = None,
                 **params: Any) -> TopVParams:
-    """A validated topv_params struct: the C defaults with `params` applied."""
+    """A validated topv_params struct: the C defaults with `params` applied (method None: the default)."""
+    method = default_method() if method is None else method
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     unknown = set(params) - set(PARAM_NAMES)
@@ -107,7 +121,7 @@ def select(
     grid: tuple[int, int],
     keep: int | float,
     *,
-    method: str = "topv",
+    method: str | None = None,
     backend: str = "native",
     coords: tuple[np.ndarray, np.ndarray] | None = None,
     threads: int = 0,
@@ -127,7 +141,7 @@ def select(
         "topv_cost", "topv_fcost" (other read-outs of the same plan), or a baseline: "uniform" (evenly
         spaced in raster order), "uniform2d" (an even 2-D lattice), "norm" (largest
         source-feature norm), "divprune" (greedy max-min cosine diversity), "distinct"
-        (1 - max cosine similarity to the other tokens).
+        (1 - max cosine similarity to the other tokens). None: default_method().
     backend: "native" (the C++ pass) or "numba" (the reference implementation).
     params: alpha, beta, gamma, sigma, eps, tau, iters, recover (defaults: default_params()).
 
@@ -137,6 +151,7 @@ def select(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    method = default_method() if method is None else method
     p = make_params(method, threads, max_scratch_bytes, **params)
     s = _as_features("source", source)
     n, d = s.shape

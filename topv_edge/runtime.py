@@ -29,7 +29,7 @@ import numpy as np
 from . import llama_libs
 from .chat_templates import LLAVA15_TEMPLATE, compile_chat_template
 from ._native import METHODS, status_string
-from .pruning import PARAM_NAMES, keep_count, make_params
+from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, PARAM_NAMES, default_method, keep_count, make_params
 
 
 class ChatError(Exception):
@@ -156,10 +156,10 @@ class TopVOptions:
     a diagnostic that decodes the kept tokens at consecutive positions instead of their original ones."""
 
     enabled: bool = True
-    keep: float | int = 0.25
-    layer: int = 2
+    keep: float | int = DEFAULT_KEEP
+    layer: int = DEFAULT_LAYER
     params: dict[str, float | int] = field(default_factory=dict)  # alpha, beta, ... (defaults from C)
-    method: str = "topv"
+    method: str = field(default_factory=default_method)
     # diagnostic: kept tokens at consecutive positions, text right after them (ignored by M-RoPE models)
     renumber_positions: bool = False
 
@@ -229,7 +229,7 @@ class TurnReport:
     keep: str = "all"     # the requested keep, unambiguous: "25%" (a ratio) or "16 tokens" (a count)
     keep_ratio: float | None = None  # the requested ratio (None when keep is a count or pruning is off)
     keep_count: int | None = None    # the requested count (None when keep is a ratio or pruning is off)
-    method: str = "topv"
+    method: str = ""      # the method that chose the kept tokens
     stopped: bool = False  # the answer was cut short by the caller (Ctrl-C in the chat)
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """See what TopV keeps: the picture with the kept patches highlighted and the pruned ones dimmed, beside a
 heat map of the TopV scores.
 
-  python -m topv_edge.viz MODEL.gguf IMAGE -o kept.png [--keep 0.25] [--layer 2] [--method topv] [--mmproj P]
+  python -m topv_edge.viz MODEL.gguf IMAGE -o kept.png [--keep 0.25] [--layer L] [--method M] [--mmproj P]
 
 Two pictures: the kept/pruned view (-o) and the score heat map with a colour bar (--heatmap, default
 <out>-scores.png), each under a title line (method, keep, kept/total tokens, layer). Pictures smaller
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ._native import METHODS
+from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, default_method
 from .chat import _nonnegative_int, _Parser, parse_keep, threads_arg
 from .runtime import ChatError, TopVOptions, VisionChat
 
@@ -150,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--out", type=Path, default=Path("kept.png"), help="the kept/pruned view (default kept.png)")
     ap.add_argument("--heatmap", type=Path, help="where to write the score heat map (default <out>-scores.png)")
     ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
-    ap.add_argument("--keep", type=parse_keep, default=0.25,
-                    help="a ratio (0.25), percentage (25%%) or whole token count (144) to keep; default 0.25")
-    ap.add_argument("--layer", type=_nonnegative_int, default=2, help="the probed layer Li (default 2)")
-    ap.add_argument("--method", choices=list(METHODS), default="topv", help="how to choose the kept tokens (default topv)")
+    ap.add_argument("--keep", type=parse_keep, default=DEFAULT_KEEP,
+                    help=f"a ratio (0.25), percentage (25%%) or whole token count (144) to keep; default {DEFAULT_KEEP}")
+    ap.add_argument("--layer", type=_nonnegative_int, default=DEFAULT_LAYER, help=f"the probed layer Li (default {DEFAULT_LAYER})")
+    ap.add_argument("--method", choices=list(METHODS), default=default_method(),
+                    help=f"how to choose the kept tokens (default {default_method()})")
     ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
     args = ap.parse_intermixed_args(argv)
     try:

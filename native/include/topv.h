@@ -48,13 +48,14 @@ enum topv_status {
 // a source token's importance is read out of the plan P (docs/pass.md, "Read-outs").
 // Names (topv_method_name) are the ones the Python package and the command lines use.
 enum topv_method {
-    TOPV_METHOD_TOPV        = 0, // "topv": the share of a source's mass sent to its own target, P_ii / r_i (default)
+    TOPV_METHOD_TOPV        = 0, // "topv": the share of a source's mass sent to its own target, P_ii / r_i
     TOPV_METHOD_UNIFORM     = 1, // "uniform": K tokens evenly spaced in raster order (baseline)
     TOPV_METHOD_NORM        = 2, // "norm": K tokens of largest source-feature L2 norm (baseline)
     TOPV_METHOD_TOPV_ROWSUM = 3, // "topv_rowsum": the mass a source sends, r_i = sum_j P_ij
     TOPV_METHOD_TOPV_COST   = 4, // "topv_cost": the total cost a source pays, sum_j P_ij C_ij
     TOPV_METHOD_TOPV_FCOST  = 5, // "topv_fcost": the feature cost a source pays per unit of mass, sum_j P_ij F_ij / r_i
-    TOPV_METHOD_DIVPRUNE    = 6, // "divprune": greedy max-min cosine diversity of the source features (baseline)
+    TOPV_METHOD_DIVPRUNE    = 6, // "divprune": greedy max-min cosine diversity of the source features (the default:
+                                 // best on the validation splits of both trained models, docs/pass.md "Decision")
     TOPV_METHOD_UNIFORM2D   = 7, // "uniform2d": K tokens on an even 2-D lattice over the W x H grid (baseline)
     TOPV_METHOD_DISTINCT    = 8, // "distinct": 1 - max cosine similarity to the other source tokens (baseline)
     TOPV_METHOD_COUNT       = 9,
@@ -83,6 +84,12 @@ TOPV_API const char * topv_method_name(int32_t method);
 
 // The method of a name (exact, case-sensitive), or -1 if name is NULL or unknown.
 TOPV_API int32_t topv_method_from_name(const char * name);
+
+// Which features a method reads: bit 0 (TOPV_READS_SOURCE) the source, bit 1 (TOPV_READS_TARGET) the
+// target; 0 for uniform and uniform2d, -1 if the method is unknown. A caller that has the source without
+// running the model (the embeddings, at layer 0) needs no probe for a method that does not read the target.
+enum { TOPV_READS_SOURCE = 1, TOPV_READS_TARGET = 2 };
+TOPV_API int32_t topv_method_reads(int32_t method);
 
 // A short English sentence for a status code (static storage, never NULL).
 TOPV_API const char * topv_status_string(int32_t status);

@@ -29,7 +29,7 @@ struct mtmd_topv_params mtmd_topv_default_params(void) {
     p.enabled    = false;
     p.keep_ratio = 0.25f;
     p.keep_count = 0;
-    p.layer      = 2;
+    p.layer      = 0; // with the default method (divprune) no probe runs at all (docs/pass.md, "Decision")
     p.pass       = topv_default_params();
     p.renumber_positions = false;
     return p;
@@ -60,6 +60,9 @@ struct mtmd_topv_params mtmd_topv_get_params(const mtmd_context * ctx) {
 
 int32_t mtmd_topv_enable(mtmd_context * ctx, const llama_model * model, float keep_ratio, int32_t keep_count,
                          int32_t layer, const char * method) {
+    if (layer < 0) {
+        layer = mtmd_topv_default_params().layer; // the command lines' "not given"
+    }
     if (model && layer >= llama_model_n_layer(model) - 1) {
         LOG_ERR("topv: layer %d is out of range: this model has %d layers, so the probe layer must be 0..%d\n",
                 layer, llama_model_n_layer(model), llama_model_n_layer(model) - 2);
@@ -156,6 +159,9 @@ const float * mtmd_topv_get_features(const mtmd_context * ctx, bool target) {
         return nullptr;
     }
     const mtmd_topv_state * st = mtmd_topv_state_of(ctx);
+    if (target && st->target.empty()) {
+        return nullptr; // no probe ran (layer 0, a method that reads no target)
+    }
     return target ? st->target.data() : st->source.data();
 }
 
@@ -341,6 +347,9 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
 
     // 1. probe: all tokens in one ubatch through layers 0..Li+1 (not just 0..Li: the last layer built is cut to the
     //    output rows before its FFN, so ffn_norm-<Li> would not see every token); the cells are removed after it
+    // GPU backends compute asynchronously: wait for the work queued before the image (the text chunk ahead of
+    // it), or the probe's first synchronising node would be billed for it
+    llama_synchronize(lctx);
     const auto t_probe = std::chrono::steady_clock::now();
     std::vector<float> all_source((size_t) n_tokens * n_embd), all_target((size_t) n_tokens * n_embd);
     topv_probe probe;
@@ -356,62 +365,72 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
         }
         probe.got_source = true;
     }
-    // a recurrent memory (hybrid models such as Qwen3.5) cannot drop the probe's tokens again (seq_rm fails on it):
-    // its part of the sequence's state is saved here and put back after the probe (the attention cells are removed)
-    std::vector<uint8_t> saved_recurrent;
-    if (layout.recurrent) {
-        saved_recurrent.resize(llama_state_seq_get_size_ext(lctx, seq_id, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY));
-        if (llama_state_seq_get_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
-                                         LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != saved_recurrent.size()) {
-            return decline(MTMD_TOPV_PROBE_FAILED, "the recurrent state could not be saved before the probe");
+    // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
+    // (the image prefill is then the kept decode alone)
+    const bool probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
+    if (!probed) {
+        st.stats.probe_ms = 0.0;
+        st.stats.probe_max_layer = -1;
+    } else {
+        // a recurrent memory (hybrid models such as Qwen3.5) cannot drop the probe's tokens again (seq_rm fails on it):
+        // its part of the sequence's state is saved here and put back after the probe (the attention cells are removed)
+        std::vector<uint8_t> saved_recurrent;
+        if (layout.recurrent) {
+            saved_recurrent.resize(llama_state_seq_get_size_ext(lctx, seq_id, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY));
+            if (llama_state_seq_get_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
+                                             LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != saved_recurrent.size()) {
+                return decline(MTMD_TOPV_PROBE_FAILED, "the recurrent state could not be saved before the probe");
+            }
         }
-    }
-    int32_t probe_ret;
-    {
-        const topv_probe_scope scope(lctx, &probe, (uint32_t) prm.layer + 2);
-        decode_embd_batch batch(embd, n_tokens, n_pos_per_embd, (int) layout.row_width);
-        topv_fill_positions(batch, chunk, ctx, n_past, seq_id, nullptr, n_tokens);
-        probe_ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, 0, n_tokens));
-    }
-    // whatever happened, no cell or state of this image may stay in the memory before the real decode
-    bool restored = !layout.recurrent ||
-                    llama_state_seq_set_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
-                                                 LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == saved_recurrent.size();
-    restored = llama_memory_seq_rm(mem, seq_id, n_past, -1) && restored;
-    if (!restored) { // the memory holds the probe: neither a pruned nor an unpruned decode would be right
-        LOG_ERR("topv: the memory could not be rolled back after the probe\n");
-        st.stats.result = MTMD_TOPV_PROBE_FAILED;
-        st.reason = "the memory could not be rolled back after the probe";
-        *ret = -1;
-        return true;
-    }
-    st.stats.probe_ms = topv_ms_since(t_probe);
-    st.stats.probe_max_layer = probe.max_layer;
-    if (probe.max_layer > prm.layer + 1) { // still right, only slower: a graph that does not loop over n_layer
-        LOG_WRN("topv: the probe of layer %d computed up to layer %d: this model's graph ignores the layer limit\n",
-                prm.layer, probe.max_layer);
-    }
-    if (!probe.got_source || !probe.got_target || probe.bad_shape) {
-        LOG_WRN("topv: probe of layer %d: llama_process returned %d, source %s, target %s%s\n", prm.layer, probe_ret,
-                probe.got_source ? "seen" : "missing", probe.got_target ? "seen" : "missing",
-                probe.bad_shape ? ", unexpected tensor shape" : "");
-        return decline(MTMD_TOPV_PROBE_FAILED, "the probe did not see the features of layer " + std::to_string(prm.layer) +
-                       " (graph nodes '" + (probe.source_name.empty() ? std::string("embeddings") : probe.source_name) +
-                       "' and '" + probe.target_name + "')");
+        int32_t probe_ret;
+        {
+            const topv_probe_scope scope(lctx, &probe, (uint32_t) prm.layer + 2);
+            decode_embd_batch batch(embd, n_tokens, n_pos_per_embd, (int) layout.row_width);
+            topv_fill_positions(batch, chunk, ctx, n_past, seq_id, nullptr, n_tokens);
+            probe_ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, 0, n_tokens));
+        }
+        // whatever happened, no cell or state of this image may stay in the memory before the real decode
+        bool restored = !layout.recurrent ||
+                        llama_state_seq_set_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
+                                                     LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == saved_recurrent.size();
+        restored = llama_memory_seq_rm(mem, seq_id, n_past, -1) && restored;
+        if (!restored) { // the memory holds the probe: neither a pruned nor an unpruned decode would be right
+            LOG_ERR("topv: the memory could not be rolled back after the probe\n");
+            st.stats.result = MTMD_TOPV_PROBE_FAILED;
+            st.reason = "the memory could not be rolled back after the probe";
+            *ret = -1;
+            return true;
+        }
+        st.stats.probe_ms = topv_ms_since(t_probe);
+        st.stats.probe_max_layer = probe.max_layer;
+        if (probe.max_layer > prm.layer + 1) { // still right, only slower: a graph that does not loop over n_layer
+            LOG_WRN("topv: the probe of layer %d computed up to layer %d: this model's graph ignores the layer limit\n",
+                    prm.layer, probe.max_layer);
+        }
+        if (!probe.got_source || !probe.got_target || probe.bad_shape) {
+            LOG_WRN("topv: probe of layer %d: llama_process returned %d, source %s, target %s%s\n", prm.layer, probe_ret,
+                    probe.got_source ? "seen" : "missing", probe.got_target ? "seen" : "missing",
+                    probe.bad_shape ? ", unexpected tensor shape" : "");
+            return decline(MTMD_TOPV_PROBE_FAILED, "the probe did not see the features of layer " + std::to_string(prm.layer) +
+                           " (graph nodes '" + (probe.source_name.empty() ? std::string("embeddings") : probe.source_name) +
+                           "' and '" + probe.target_name + "')");
+        }
     }
 
     // 2. the pass, on the grid tokens only, at their grid cells
     const auto t_pass = std::chrono::steady_clock::now();
     st.source.resize((size_t) n_grid * n_embd);
-    st.target.resize((size_t) n_grid * n_embd);
+    st.target.resize(probed ? (size_t) n_grid * n_embd : 0); // without a probe there is no target
     for (int32_t g = 0; g < n_grid; g++) {
         const size_t from = (size_t) layout.grid_tokens[g] * n_embd;
         std::copy(all_source.begin() + from, all_source.begin() + from + n_embd, st.source.begin() + (size_t) g * n_embd);
-        std::copy(all_target.begin() + from, all_target.begin() + from + n_embd, st.target.begin() + (size_t) g * n_embd);
+        if (probed) {
+            std::copy(all_target.begin() + from, all_target.begin() + from + n_embd, st.target.begin() + (size_t) g * n_embd);
+        }
     }
     st.grid_kept.resize((size_t) k);
     st.scores.resize(n_grid);
-    const int32_t pass_ret = topv_select(st.source.data(), st.target.data(), n_grid, n_embd, layout.pos_x.data(),
+    const int32_t pass_ret = topv_select(st.source.data(), probed ? st.target.data() : nullptr, n_grid, n_embd, layout.pos_x.data(),
                                          layout.pos_y.data(), layout.grid_w, layout.grid_h, k, prm.pass,
                                          st.grid_kept.data(), st.scores.data());
     st.stats.pass_ms = topv_ms_since(t_pass);
@@ -453,6 +472,7 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
             }
         }
     }
+    llama_synchronize(lctx); // the kept decode's own time, not the next call's (asynchronous backends)
     st.stats.decode_ms = topv_ms_since(t_decode);
     st.stats.n_kept    = n_kept;
     st.stats.result    = MTMD_TOPV_PRUNED;

@@ -68,8 +68,8 @@ MTMD_API struct mtmd_topv_params mtmd_topv_default_params(void);
 MTMD_API int32_t mtmd_topv_set_params(mtmd_context * ctx, const struct mtmd_topv_params * params);
 MTMD_API struct mtmd_topv_params mtmd_topv_get_params(const mtmd_context * ctx);
 // turn pruning on with the default pass parameters and the method of that name (topv_method_name(); NULL: the
-// default): keep_count > 0 keeps that many tokens per image, otherwise keep_ratio in (0, 1]; the layer is checked
-// against the text model's layers when `model` is given. Returns 0 or a topv_status code, and logs either (an unknown
+// default): keep_count > 0 keeps that many tokens per image, otherwise keep_ratio in (0, 1]; layer < 0 is the default
+// layer (mtmd_topv_default_params), and the layer is checked against the text model's layers when `model` is given. Returns 0 or a topv_status code, and logs either (an unknown
 // method name with the known ones, a layer out of range with the model's range). For llama-mtmd-cli and llama-server.
 MTMD_API int32_t mtmd_topv_enable(mtmd_context * ctx, const struct llama_model * model, float keep_ratio,
                                   int32_t keep_count, int32_t layer, const char * method);
@@ -81,7 +81,8 @@ MTMD_API const char * mtmd_topv_get_reason(const mtmd_context * ctx);
 MTMD_API const char * mtmd_topv_format_stats(const mtmd_context * ctx, char * buf, size_t size);
 // the last pruned image: kept chunk token indices (stats.n_kept, ascending, structural ones included), TopV scores
 // (stats.n_grid, grid order) and the probed source/target features of the grid tokens (stats.n_grid x stats.n_embd,
-// row-major); NULL when the last image was not pruned
+// row-major); NULL when the last image was not pruned, and the target NULL when no probe ran (layer 0 and a method
+// that reads no target: topv_method_reads)
 MTMD_API const int32_t * mtmd_topv_get_kept    (const mtmd_context * ctx);
 MTMD_API const double  * mtmd_topv_get_scores  (const mtmd_context * ctx);
 MTMD_API const float   * mtmd_topv_get_features(const mtmd_context * ctx, bool target);

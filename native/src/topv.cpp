@@ -696,7 +696,7 @@ extern "C" {
 
 struct topv_params topv_default_params(void) {
     topv_params p;
-    p.method            = TOPV_METHOD_TOPV;
+    p.method            = TOPV_METHOD_DIVPRUNE; // chosen on two trained models' validation splits (docs/pass.md)
     p.alpha             = 1.0f;
     p.beta              = 0.5f;
     p.gamma             = 0.5f;
@@ -712,6 +712,11 @@ struct topv_params topv_default_params(void) {
 
 const char * topv_method_name(int32_t method) {
     return known_method(method) ? METHOD_TABLE[method].name : nullptr;
+}
+
+int32_t topv_method_reads(int32_t method) {
+    if (!known_method(method)) return -1;
+    return (METHOD_TABLE[method].source ? TOPV_READS_SOURCE : 0) | (METHOD_TABLE[method].target ? TOPV_READS_TARGET : 0);
 }
 
 int32_t topv_method_from_name(const char * name) {

@@ -40,6 +40,7 @@ static int32_t select_k(int64_t k, struct topv_params p, int32_t * kept, double 
 
 static void test_argument_checks(void) {
     struct topv_params p = topv_default_params();
+    p.method = TOPV_METHOD_TOPV; // a transport method: it reads (and checks) both source and target
     int32_t kept[N];
     double  scores[N];
 
@@ -101,6 +102,10 @@ static void test_method_names(void) {
     EXPECT(strcmp(topv_method_name(TOPV_METHOD_TOPV), "topv") == 0);
     EXPECT(strcmp(topv_method_name(TOPV_METHOD_UNIFORM2D), "uniform2d") == 0);
     EXPECT(topv_method_name(-1) == NULL && topv_method_name(TOPV_METHOD_COUNT) == NULL);
+    EXPECT(topv_method_reads(TOPV_METHOD_TOPV) == (TOPV_READS_SOURCE | TOPV_READS_TARGET));
+    EXPECT(topv_method_reads(TOPV_METHOD_DIVPRUNE) == TOPV_READS_SOURCE);
+    EXPECT(topv_method_reads(TOPV_METHOD_UNIFORM) == 0 && topv_method_reads(TOPV_METHOD_UNIFORM2D) == 0);
+    EXPECT(topv_method_reads(-1) == -1 && topv_method_reads(TOPV_METHOD_COUNT) == -1);
     EXPECT(topv_method_from_name(NULL) == -1 && topv_method_from_name("") == -1);
     EXPECT(topv_method_from_name("TopV") == -1 && topv_method_from_name("topv ") == -1);
 }
