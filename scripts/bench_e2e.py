@@ -34,7 +34,8 @@ QUESTION = "What is in the picture?"
 
 
 def measure(model: str, picture: str, keep: float, layer: int, repeats: int, threads: int,
-            ngl: int | None = None, mmproj_offload: bool = True, answer_tokens: int = 8) -> dict:
+            ngl: int | None = None, mmproj_offload: bool = True, answer_tokens: int = 8,
+            mmproj: str | None = None) -> dict:
     """Runs in the child process: one configuration."""
     import resource
 
@@ -43,7 +44,7 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
 
     opts = TopVOptions(enabled=keep < 1.0, keep=keep, layer=layer)
     runs = []
-    with VisionChat(model, topv=opts, threads=threads, max_tokens=answer_tokens, n_gpu_layers=ngl,
+    with VisionChat(model, mmproj, topv=opts, threads=threads, max_tokens=answer_tokens, n_gpu_layers=ngl,
                     mmproj_offload=mmproj_offload) as chat:
         for _ in range(repeats + 1):  # the first run warms caches and allocations: not counted
             chat.reset()
@@ -80,11 +81,12 @@ def backend_env(backend: str) -> dict[str, str]:
 
 
 def run_child(model: Path, picture: Path, keep: float, layer: int, repeats: int, threads: int,
-              backend: str = "cpu", ngl: int | None = None, mmproj_offload: bool = True) -> dict:
+              backend: str = "cpu", ngl: int | None = None, mmproj_offload: bool = True,
+              mmproj: Path | None = None) -> dict:
     code = ("import json, sys; sys.path.insert(0, %r); from bench_e2e import measure; "
-            "print(json.dumps(measure(%r, %r, %r, %r, %r, %r, %r, %r)))"
+            "print(json.dumps(measure(%r, %r, %r, %r, %r, %r, %r, %r, mmproj=%r)))"
             % (str(Path(__file__).parent), str(model), str(picture), keep, layer, repeats, threads, ngl,
-               mmproj_offload))
+               mmproj_offload, None if mmproj is None else str(mmproj)))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=backend_env(backend))
     if r.returncode != 0:
         raise SystemExit(f"benchmark child failed ({backend}, {model.name}, keep {keep}, layer {layer}):\n"
@@ -143,7 +145,7 @@ def main() -> int:
         family, preset, *qtype = spec.split(":")  # family:preset[:QTYPE], e.g. qwen3vl:4b:Q4_K_M
         quantize = qtype[0] if qtype else None
         print(f"generating {spec} (once) ...", file=sys.stderr, flush=True)
-        model, _ = write_pair(family, preset, args.models, seed=0, quantize=quantize)
+        model, mmproj = write_pair(family, preset, args.models, seed=0, quantize=quantize)
         preset = f"{preset}-{quantize}" if quantize else preset
         answers: dict[tuple, str] = {}  # (keep, layer) -> the CPU build's answer
         for backend in args.backend:
@@ -152,7 +154,7 @@ def main() -> int:
                 for layer in (args.layer if keep < 1.0 else [args.layer[0]]):
                     print(f"{backend}: {family}/{preset} keep {keep} layer {layer} ...", file=sys.stderr, flush=True)
                     m = run_child(model, picture, keep, layer, args.repeats, args.threads, backend, args.ngl,
-                                  not args.no_mmproj_offload)
+                                  not args.no_mmproj_offload, mmproj)
                     if keep >= 1.0:
                         base = m
                     row = {"model": f"{family}-{preset}", "backend": backend, "ngl": args.ngl, "keep": keep,
