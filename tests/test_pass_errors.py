@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import ctypes
 import math
 
@@ -11,10 +10,7 @@ import pytest
 
 import topv_edge
 from topv_edge import _native
-from conftest import random_features
-
-# the transport pass unless a test names another method (the product's default method is another one)
-select_topv = functools.partial(topv_edge.select, method="topv")
+from conftest import random_features, select_topv
 
 
 BACKENDS = ["native", "numba"]

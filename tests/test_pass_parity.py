@@ -11,18 +11,14 @@ topv_fcost) takes a quarter of the seeded cases; every baseline has its own case
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pytest
 
 import topv_edge
-from conftest import random_features
+from conftest import random_features, select_topv
 from topv_edge.pruning import BASELINES, READOUTS
-
-# the transport pass unless a test names another method (the product's default method is another one)
-select_topv = functools.partial(topv_edge.select, method="topv")
 
 
 SCORE_RTOL = 2e-6  # per unit of alpha / eps

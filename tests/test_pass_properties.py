@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import subprocess
 import sys
@@ -12,10 +11,7 @@ import numpy as np
 import pytest
 
 import topv_edge
-from conftest import random_features
-
-# the transport pass unless a test names another method (the product's default method is another one)
-select_topv = functools.partial(topv_edge.select, method="topv")
+from conftest import random_features, select_topv
 
 
 GRID = (24, 24)

@@ -351,9 +351,11 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     // it), or the probe's first synchronising node would be billed for it
     llama_synchronize(lctx);
     const auto t_probe = std::chrono::steady_clock::now();
-    std::vector<float> all_source((size_t) n_tokens * n_embd), all_target((size_t) n_tokens * n_embd);
+    // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
+    // (the image prefill is then the kept decode alone), and no target buffer
+    const bool probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
+    std::vector<float> all_source((size_t) n_tokens * n_embd), all_target(probed ? (size_t) n_tokens * n_embd : 0);
     topv_probe probe;
-    mtmd_topv_probe_nodes(layout, prm.layer, &probe.source_name, &probe.target_name); // per architecture, deepstack
     probe.n_tokens    = n_tokens;
     probe.n_embd      = n_embd;
     probe.source      = all_source.data();
@@ -365,13 +367,11 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
         }
         probe.got_source = true;
     }
-    // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
-    // (the image prefill is then the kept decode alone)
-    const bool probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
     if (!probed) {
         st.stats.probe_ms = 0.0;
         st.stats.probe_max_layer = -1;
     } else {
+        mtmd_topv_probe_nodes(layout, prm.layer, &probe.source_name, &probe.target_name); // per architecture, deepstack
         // a recurrent memory (hybrid models such as Qwen3.5) cannot drop the probe's tokens again (seq_rm fails on it):
         // its part of the sequence's state is saved here and put back after the probe (the attention cells are removed)
         std::vector<uint8_t> saved_recurrent;
