@@ -310,8 +310,9 @@ def test_pruned_logits_match_a_float64_reference_forward_at_the_original_positio
 
 def test_the_python_defaults_are_the_stages(libs):
     """chat, handler, eval and viz default to what llama-mtmd-cli and llama-server do without flags."""
-    from topv_edge.pruning import DEFAULT_LAYER, default_method
+    from topv_edge.pruning import DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, default_method
 
     p = libs.topv_default_params()
     assert p.layer == DEFAULT_LAYER
+    assert p.keep_ratio == pytest.approx(DEFAULT_KEEP) and p.overview_weight == pytest.approx(DEFAULT_OVERVIEW_WEIGHT)
     assert p.pass_params.method == topv_edge.METHODS[default_method()]

@@ -12,7 +12,10 @@ grounded, and the KV cache holds only them.
 
 --keep: '0.25' or '25%' is a ratio of each image's tokens; a whole number ('144') is a
 token count, so '--keep 1' keeps one token and '--keep 1.0' or '100%' keeps them all.
-Reports give both the ratio and the count.
+Reports give both the ratio and the count. Models that tile large pictures (SmolVLM,
+LLaVA-1.6, InternVL, LFM2-VL, MiniCPM-V) make an overview and tiles of one picture: --keep
+is then the picture's budget, spread over its chunks (--overview-weight), and /stats and
+--json show each picture's tiles and chunks.
 
 The context and its batch are sized automatically: the batch holds the largest image
 whole (the probe needs that), and the context what the conversation needs, growing
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ._native import METHODS
-from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, default_method
+from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, default_method
 from .runtime import MAX_THREADS, ChatError, TopVOptions, TurnReport, VisionChat, read_image
 
 
@@ -93,6 +96,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+    return v
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # exit code 2 with a plain message, as for every input problem
         self.print_usage(sys.stderr)
@@ -121,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how to choose the kept tokens (default {default_method()}, chosen on two trained models: "
                         "docs/pass.md): topv (the paper's optimal transport), divprune (greedy feature "
                         "diversity), or another baseline, e.g. uniform2d (an even lattice) or uniform")
+    g.add_argument("--overview-weight", type=_positive_float, default=DEFAULT_OVERVIEW_WEIGHT,
+                   help="tiled pictures: the overview's tokens count this many times when the picture's budget is "
+                        "spread over its overview and tiles (1: the same ratio for every chunk; 'inf': keep the "
+                        f"overview whole); default {DEFAULT_OVERVIEW_WEIGHT:g} (docs/families.md, \"Tiled pictures\")")
     g.add_argument("--no-prune", action="store_true", help="decode every image token (plain llama.cpp behaviour)")
     g.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[],
                    help="a pass parameter (alpha, beta, gamma, sigma, eps, tau, iters, recover), e.g. --topv recover=0.5")
@@ -142,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("output")
     g.add_argument("--json", action="store_true",
                    help="after each answer print one JSON line: keep (ratio or count), image tokens, kept tokens, "
-                        "encode/probe/pass/prefill ms, time to first token, KV cells used")
+                        "encode/probe/pass/prefill ms, time to first token, KV cells used; \"images\" has one entry "
+                        "per image chunk, \"pictures\" one per picture (a tiled picture: its tiles and chunks)")
     g.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     return ap
 
@@ -168,7 +186,7 @@ def parse_topv_params(items: Sequence[str]) -> dict[str, float | int]:
 
 def _topv_options(args: argparse.Namespace) -> TopVOptions:
     return TopVOptions(enabled=not args.no_prune, keep=args.keep, layer=args.layer, method=args.method,
-                       params=parse_topv_params(args.topv))
+                       params=parse_topv_params(args.topv), overview_weight=args.overview_weight)
 
 
 def _report_json(report: TurnReport, devices: dict | None = None) -> str:
@@ -185,11 +203,23 @@ def _print_stats(report: TurnReport | None, out) -> None:
     if report is None:
         print("no turn yet", file=out)
         return
-    for k, im in enumerate(report.images, 1):
+    def chunk_line(im) -> str:
         state = f"pruned by {report.method}, --keep {report.keep}" if im.pruned else f"not pruned: {im.note}"
-        print(f"image {k}: {im.n_tokens} tokens -> {im.n_kept} kept ({100 * im.kept_fraction:.1f}%; {state}); "
-              f"encode {im.encode_ms:.0f} ms, probe {im.probe_ms:.0f} ms, TopV {im.pass_ms:.1f} ms, "
-              f"decode {im.decode_ms:.0f} ms", file=out)
+        return (f"{im.n_tokens} tokens -> {im.n_kept} kept ({100 * im.kept_fraction:.1f}%; {state}); "
+                f"encode {im.encode_ms:.0f} ms, probe {im.probe_ms:.0f} ms, TopV {im.pass_ms:.1f} ms, "
+                f"decode {im.decode_ms:.0f} ms")
+
+    for k, pic in enumerate(report.pictures, 1):
+        if len(pic.chunks) == 1:
+            print(f"image {k}: {chunk_line(pic.chunks[0])}", file=out)
+            continue
+        # a tiled picture: one budget for all its chunks, then each chunk
+        cols, rows = pic.tiles
+        print(f"image {k}: overview + {pic.n_tiles} tiles ({cols} x {rows}): {pic.n_tokens} tokens -> {pic.n_kept} "
+              f"kept ({100 * pic.n_kept / max(1, pic.n_tokens):.1f}%)", file=out)
+        for im in pic.chunks:
+            where = "overview" if im.role == "overview" else f"tile ({im.tile[0]}, {im.tile[1]})" if im.tile else im.role
+            print(f"  {where}: {chunk_line(im)}", file=out)
     print(f"prompt text tokens {report.text_tokens}, prefill {report.prefill_ms:.0f} ms, "
           f"first token after {report.ttft_ms:.0f} ms, {report.generated_tokens} tokens in {report.generate_ms:.0f} ms"
           f"{' (stopped)' if report.stopped else ''}, KV cells {report.kv_cells}/{report.n_ctx}", file=out)
@@ -230,7 +260,8 @@ class _Session:
         if report.stopped:
             print("(answer stopped)", file=sys.stderr)
         for im in report.images:
-            if self.chat.topv.enabled and not im.pruned:
+            # (a tiled picture's overview kept whole by the budget rule is the rule, not news)
+            if self.chat.topv.enabled and not im.pruned and not (im.kept_whole and im.role != "single"):
                 print(f"note: image not pruned: {im.note}", file=sys.stderr)
         if self.as_json:
             print(_report_json(report, self.chat.devices()), flush=True)

@@ -1,6 +1,7 @@
 """Chat templates: compiled the way HF transformers and llama-cpp-python compile them, and the templates the
 project's models carry (LLaVA-1.5, which is also the runtime's fallback for LLaVA GGUFs without a template;
-ChatML for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5; Gemma 3; Gemma 4; Mistral's [INST] for Pixtral).
+ChatML for Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5 and InternVL; Gemma 3; Gemma 4; Mistral's [INST] for Pixtral;
+SmolVLM's User:/Assistant: turns).
 
 The templates print list contents' text parts: llama-cpp-python and topv_edge turn an image part into a text
 part holding the media marker. Rendering uses trim_blocks, which drops a newline written right after a block
@@ -35,6 +36,20 @@ MISTRAL_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
                     "[INST]{% endif %}" + _CONTENT + "[/INST]"
                     "{% elif message.role == 'assistant' %}" + _CONTENT + "</s>"
                     "{% endif %}{% endfor %}")
+# SmolVLM / SmolVLM2 (Idefics3): "<|im_start|>User: ...<end_of_utterance>\nAssistant:", <|im_start|> written as
+# the BOS; llama.cpp recognises it as "smolvlm" (src/llama-chat.cpp: <|im_start|> and <end_of_utterance>)
+SMOLVLM_TEMPLATE = ("<|im_start|>{% for message in messages %}{{ message.role | capitalize }}: " + _CONTENT +
+                    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+# MiniCPM-V 2.6 (Qwen2's ChatML with its default system message); llama.cpp recognises it as "chatml"
+MINICPMV26_TEMPLATE = ("{% for message in messages %}"
+                       "{% if loop.first and messages[0].role != 'system' %}"
+                       "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                       "<|im_start|>{{ message.role }}\n" + _CONTENT + "<|im_end|>{{ '\\n' }}"
+                       "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# LFM2 / LFM2-VL: the BOS (<|startoftext|>), then ChatML turns; llama.cpp recognises it as "chatml"
+# (src/llama-chat.cpp: <|im_start|> without <|im_sep|> or <end_of_utterance>)
+LFM2_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<|im_start|>{{ message.role }}\n" + _CONTENT +
+                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def compile_chat_template(source: str):

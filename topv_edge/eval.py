@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._native import METHODS
-from .pruning import DEFAULT_LAYER
-from .chat import _nonnegative_int, _Parser, _positive_int, parse_keep, parse_topv_params, threads_arg
+from .pruning import DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT
+from .chat import _nonnegative_int, _Parser, _positive_float, _positive_int, parse_keep, parse_topv_params, threads_arg
 from .runtime import ChatError, TopVOptions, VisionChat
 
 
@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--positions", default="original",
                     help="comma-separated: original (the product), renumbered (diagnostic, see above)")
     ap.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[], help="a pass parameter, e.g. gamma=0.5")
+    ap.add_argument("--overview-weight", type=_positive_float, default=DEFAULT_OVERVIEW_WEIGHT,
+                    help="tiled pictures: the overview's weight in the picture's budget (1: the same ratio for every "
+                         f"chunk; inf: the overview kept whole); default {DEFAULT_OVERVIEW_WEIGHT:g}")
     ap.add_argument("--limit", type=_positive_int, help="only the first N questions")
     ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
     ap.add_argument("--max-tokens", type=_positive_int, default=8, help="longest answer in tokens (default 8)")
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     for layer in args.layer:
                         for keep in args.keep:
                             opts = TopVOptions(keep=keep, layer=layer, method=method, params=params,
-                                               renumber_positions=pos == "renumbered")
+                                               renumber_positions=pos == "renumbered",
+                                               overview_weight=args.overview_weight)
                             r = evaluate(chat, items, opts, show)
                             rows.append({"method": method, **keep_fields(opts), "layer": layer, "positions": pos, **r,
                                          "retention": r["accuracy"] / base["accuracy"] if base["accuracy"] else None})

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import llama_libs
-from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, default_method
+from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, default_method
 from .runtime import (ChatError, ImageReport, TopVOptions, check_threads, configure_topv, decode_image,
                       explain_llama_error)
 
@@ -77,10 +77,11 @@ class TopVChatHandler(MTMDChatHandler):
 
     def __init__(self, clip_model_path: str | Path, *, keep: float | int = DEFAULT_KEEP, layer: int = DEFAULT_LAYER,
                  method: str | None = None, no_prune: bool = False, threads: int | None = None, verbose: bool = False,
-                 use_gpu: bool = True, **topv_params: float | int) -> None:
+                 use_gpu: bool = True, overview_weight: float = DEFAULT_OVERVIEW_WEIGHT,
+                 **topv_params: float | int) -> None:
         super().__init__(str(clip_model_path), verbose=verbose, use_gpu=use_gpu)
         self.topv = TopVOptions(enabled=not no_prune, keep=keep, layer=layer, method=method or default_method(),
-                                params=dict(topv_params))
+                                params=dict(topv_params), overview_weight=overview_weight)
         try:
             self.topv.validate()
             self.threads = None if threads is None else check_threads(threads)

@@ -141,6 +141,7 @@ class MtmdTopvParams(ctypes.Structure):
         ("layer", ctypes.c_int32),
         ("pass_params", TopVParams),
         ("renumber_positions", ctypes.c_bool),
+        ("overview_weight", ctypes.c_float),  # tiled pictures: the overview's weight in the picture's budget
     ]
 
 
@@ -160,7 +161,21 @@ class MtmdTopvStats(ctypes.Structure):
         ("probe_max_layer", ctypes.c_int32),
         ("n_grid", ctypes.c_int32),         # grid tokens (rows of scores and features); 0 from older builds
         ("n_always_kept", ctypes.c_int32),  # structural tokens kept on top of the grid's
+        # the chunk's place in its picture (mtmd_topv_chunk_role: 0 single, 1 overview, 2 tile)
+        ("picture", ctypes.c_int32),
+        ("role", ctypes.c_int32),
+        ("tile_x", ctypes.c_int32),
+        ("tile_y", ctypes.c_int32),
+        ("tiles_x", ctypes.c_int32),
+        ("tiles_y", ctypes.c_int32),
+        ("chunk_index", ctypes.c_int32),
+        ("n_chunks", ctypes.c_int32),
+        ("n_picture_tokens", ctypes.c_int32),
+        ("n_budget", ctypes.c_int32),
     ]
+
+
+CHUNK_ROLES = ("single", "overview", "tile")  # enum mtmd_topv_chunk_role
 
 
 MTMD_TOPV_PRUNED = 0
@@ -279,6 +294,11 @@ class LlamaLibs:
     def topv_stats(self, mctx: object) -> MtmdTopvStats:
         return self.mtmd_cpp._libmtmd.mtmd_topv_get_stats(mctx)
 
+    def topv_chunk_n_kept(self, mctx: object, model: object, chunk: object) -> int:
+        """Tokens the stage will decode for an image chunk with the current parameters (its share of the picture's
+        budget plus structural tokens; all of them when it would not prune it)."""
+        return int(self.mtmd_cpp._libmtmd.mtmd_topv_chunk_n_kept(mctx, model, chunk))
+
     def topv_reason(self, mctx: object) -> str:
         """The stage's sentence for the last image's result (mtmd_topv_get_reason; "" from builds without it)."""
         fn = getattr(self.mtmd_cpp._libmtmd, "mtmd_topv_get_reason", None)
@@ -386,6 +406,7 @@ def load() -> LlamaLibs:
     _bind(m, "mtmd_topv_get_kept", [vp], ctypes.POINTER(ctypes.c_int32))
     _bind(m, "mtmd_topv_get_scores", [vp], ctypes.POINTER(ctypes.c_double))
     _bind(m, "mtmd_topv_get_features", [vp, ctypes.c_bool], ctypes.POINTER(ctypes.c_float))
+    _bind(m, "mtmd_topv_chunk_n_kept", [vp, vp, vp], ctypes.c_int32)
     _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
     _bind(l, "llama_set_n_layer_limit", [vp, ctypes.c_uint32], None)
     _bind(l, "llama_get_n_layer_limit", [vp], ctypes.c_uint32)

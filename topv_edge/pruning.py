@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -28,6 +29,9 @@ BASELINES: tuple[str, ...] = ("uniform", "norm", "divprune", "uniform2d", "disti
 # the layer is the stage's (mtmd_topv_default_params; tests/test_llama_patch.py checks they agree).
 DEFAULT_KEEP = 0.25
 DEFAULT_LAYER = 0
+# tiled pictures: the overview's weight in the picture's budget (mtmd_topv_default_params().overview_weight):
+# infinite, the overview kept whole, chosen on the tiled demo model's validation split (docs/tiled.md)
+DEFAULT_OVERVIEW_WEIGHT = math.inf
 
 
 def default_method() -> str:

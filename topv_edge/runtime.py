@@ -29,7 +29,7 @@ import numpy as np
 from . import llama_libs
 from .chat_templates import LLAVA15_TEMPLATE, compile_chat_template
 from ._native import METHODS, status_string
-from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, PARAM_NAMES, default_method, keep_count, make_params
+from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, PARAM_NAMES, default_method, make_params
 
 
 class ChatError(Exception):
@@ -162,13 +162,9 @@ class TopVOptions:
     method: str = field(default_factory=default_method)
     # diagnostic: kept tokens at consecutive positions, text right after them (ignored by M-RoPE models)
     renumber_positions: bool = False
-
-    def kept_for(self, n_tokens: int) -> int:
-        if not self.enabled:
-            return n_tokens
-        if self.is_count:
-            return min(int(self.keep), n_tokens)
-        return keep_count(n_tokens, float(self.keep))
+    # tiled pictures: the overview's weight when the picture's budget is spread over its chunks (the stage's
+    # mtmd_topv_params.overview_weight; 1: every chunk the same ratio; float("inf"): the overview kept whole)
+    overview_weight: float = DEFAULT_OVERVIEW_WEIGHT
 
     @property
     def is_count(self) -> bool:
@@ -193,6 +189,9 @@ class TopVOptions:
             raise ChatError(f"--keep count must be at least 1, got {k}")
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ChatError(f"--layer must be a whole number >= 0, got {self.layer!r}")
+        w = self.overview_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+            raise ChatError(f"--overview-weight must be a number > 0 (inf keeps the overview whole), got {w!r}")
         if self.method not in METHODS:
             raise ChatError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         unknown = set(self.params) - set(PARAM_NAMES)
@@ -202,7 +201,8 @@ class TopVOptions:
 
 @dataclass
 class ImageReport:
-    n_tokens: int         # image tokens the model produced for the image
+    """One image chunk: a whole picture, or the overview or one tile of a tiled picture."""
+    n_tokens: int         # image tokens the model produced for the chunk
     n_kept: int           # tokens decoded into the KV cache
     pruned: bool          # False when TopV was off or the stage fell back to unpruned
     encode_ms: float
@@ -210,10 +210,56 @@ class ImageReport:
     pass_ms: float
     decode_ms: float      # decode of the kept tokens
     note: str = ""        # why the stage did not prune ("" exactly when it pruned)
+    picture: int = 0      # the picture it belongs to, counted from 0 in this turn
+    role: str = "single"  # "single" (the picture is this chunk), "overview" or "tile"
+    tile: tuple[int, int] | None = None  # (column, row) of a tile in the picture's grid of tiles
+    tiles: tuple[int, int] = (0, 0)      # the picture's grid of tiles (columns, rows)
+    budget: int = 0       # grid tokens this chunk was given of the picture's budget (0 when not pruning)
+    kept_whole: bool = False  # not pruned because keep (or its share of a tiled picture's budget) covers it all
 
     @property
     def kept_fraction(self) -> float:
         return self.n_kept / self.n_tokens if self.n_tokens else 1.0
+
+
+@dataclass
+class PictureReport:
+    """One picture of a turn and its image chunks (one, or an overview and tiles), in decode order."""
+    index: int
+    chunks: list[ImageReport]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(c.n_tokens for c in self.chunks)
+
+    @property
+    def n_kept(self) -> int:
+        return sum(c.n_kept for c in self.chunks)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(c.role == "tile" for c in self.chunks)
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        return self.chunks[0].tiles
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"picture": self.index, "tiles": self.n_tiles, "tile_grid": list(self.tiles), "n_tokens": self.n_tokens,
+                "n_kept": self.n_kept, "kept_fraction": self.n_kept / self.n_tokens if self.n_tokens else 1.0,
+                "chunks": [{"role": c.role, "tile": list(c.tile) if c.tile else None, "n_tokens": c.n_tokens,
+                            "n_kept": c.n_kept, "pruned": c.pruned, "note": c.note} for c in self.chunks]}
+
+
+def group_pictures(images: list[ImageReport]) -> list[PictureReport]:
+    """The chunks of a turn grouped into their pictures (consecutive chunks with the same picture index)."""
+    pictures: list[PictureReport] = []
+    for im in images:
+        if pictures and pictures[-1].index == im.picture and im.role != "single":
+            pictures[-1].chunks.append(im)
+        else:
+            pictures.append(PictureReport(im.picture, [im]))
+    return pictures
 
 
 @dataclass
@@ -232,12 +278,17 @@ class TurnReport:
     method: str = ""      # the method that chose the kept tokens
     stopped: bool = False  # the answer was cut short by the caller (Ctrl-C in the chat)
 
+    @property
+    def pictures(self) -> list[PictureReport]:
+        return group_pictures(self.images)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for im, di in zip(self.images, d["images"]):
             di["kept_fraction"] = im.kept_fraction
         d["image_tokens"] = sum(i.n_tokens for i in self.images)
         d["kept_tokens"] = sum(i.n_kept for i in self.images)
+        d["pictures"] = [p.as_dict() for p in self.pictures]
         return d
 
 
@@ -252,6 +303,7 @@ def configure_topv(libs: llama_libs.LlamaLibs, mctx: Any, options: TopVOptions, 
         p.keep_count, p.keep_ratio = 0, float(options.keep)
     p.layer = options.layer
     p.renumber_positions = options.renumber_positions
+    p.overview_weight = float(options.overview_weight)
     try:
         p.pass_params = make_params(options.method, threads=threads, **options.params)
     except (TypeError, ValueError) as e:
@@ -261,12 +313,16 @@ def configure_topv(libs: llama_libs.LlamaLibs, mctx: Any, options: TopVOptions, 
         raise ChatError(f"TopV parameters rejected by llama.cpp: {status_string(rc)}")
 
 
-def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms: float) -> ImageReport:
-    """What the TopV stage did with the image just decoded; every image it did not prune gets a reason."""
+def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms: float,
+                 picture: int = 0) -> ImageReport:
+    """What the TopV stage did with the image chunk just decoded; every chunk it did not prune gets a reason."""
     st = libs.topv_stats(mctx)
     pruned = st.result == llama_libs.MTMD_TOPV_PRUNED
+    role = llama_libs.CHUNK_ROLES[st.role] if 0 <= st.role < len(llama_libs.CHUNK_ROLES) else "single"
     if pruned:
         note = ""
+    elif st.result == llama_libs.MTMD_TOPV_KEEP_ALL and role != "single":
+        note = f"its share of the picture's budget covers all {n_tokens} tokens of this {role}: nothing to prune"
     elif st.result == llama_libs.MTMD_TOPV_KEEP_ALL:
         p = libs.topv_get_params(mctx)
         asked = f"{p.keep_count} tokens" if p.keep_count > 0 else f"{100 * p.keep_ratio:.4g}%"
@@ -275,11 +331,14 @@ def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms
         note = (libs.topv_reason(mctx) or libs.topv_result_string(st.result)
                 or f"the TopV stage declined (result code {st.result})")
     return ImageReport(n_tokens=n_tokens, n_kept=st.n_kept if pruned else n_tokens, pruned=pruned,
-                       encode_ms=encode_ms, probe_ms=st.probe_ms, pass_ms=st.pass_ms, decode_ms=st.decode_ms, note=note)
+                       encode_ms=encode_ms, probe_ms=st.probe_ms, pass_ms=st.pass_ms, decode_ms=st.decode_ms, note=note,
+                       picture=st.picture if st.picture >= 0 else picture, role=role, tile=(st.tile_x, st.tile_y) if role == "tile" else None,
+                       tiles=(st.tiles_x, st.tiles_y), budget=st.n_budget,
+                       kept_whole=st.result == llama_libs.MTMD_TOPV_KEEP_ALL)
 
 
 def decode_image(libs: llama_libs.LlamaLibs, mctx: Any, lctx: Any, chunk: Any, n_past: int, seq_id: int,
-                 n_batch: int, errors: llama_libs.LogRecorder) -> tuple[int, ImageReport]:
+                 n_batch: int, errors: llama_libs.LogRecorder, picture: int = 0) -> tuple[int, ImageReport]:
     """Encode one image chunk, then decode it through the patched helper (the TopV stage prunes there).
 
     What mtmd_helper_eval_chunk_single does for an image, with the encode timed: (next n_past, report)."""
@@ -295,7 +354,7 @@ def decode_image(libs: llama_libs.LlamaLibs, mctx: Any, lctx: Any, chunk: Any, n
                                           ctypes.byref(new_n_past), M.mtmd_helper_post_decode_callback(), None)
     if rc != 0:
         raise ChatError(f"llama.cpp could not decode the image (code {rc}): {explain_llama_error(errors.errors())}")
-    return new_n_past.value, image_report(libs, mctx, n_tokens, encode_ms)
+    return new_n_past.value, image_report(libs, mctx, n_tokens, encode_ms, picture)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,7 +702,9 @@ class VisionChat:
             chunk = M.mtmd_input_chunks_get(chunks, i)
             n = M.mtmd_input_chunk_get_n_tokens(chunk)
             is_image = M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_IMAGE
-            plan.append((chunk, is_image, n, self.topv.kept_for(n) if is_image else n))
+            # an image chunk's kept tokens are the stage's to say (a tiled picture's chunks share one budget)
+            kept = self._lib.topv_chunk_n_kept(self.mctx, self.model, chunk) if is_image else n
+            plan.append((chunk, is_image, n, kept))
         if plan and plan[-1][1]:
             raise ChatError("the chat template ends the prompt with an image; the model needs text after it")
         return plan

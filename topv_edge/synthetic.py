@@ -11,6 +11,21 @@ dynamic non-square grid), `qwen2vl`, `qwen25vl` (`qwen2.5vl_merger`, window atte
 ([IMG_BREAK] after every row). Weights are numpy arrays in PyTorch's convention (a Linear weight is
 [out, in]); the writer stores them as GGUF expects (ggml's ne is the reverse of numpy's shape). Same seed,
 same bytes.
+
+Tiled families (a large picture becomes several image chunks: `picture_chunks`, `TILED_FAMILIES`):
+`llava16` (LLaVA-1.6 anyres: `mlp` with `clip.vision.image_grid_pinpoints`, CLIP with its class token; tiles
+first, the overview last, no markers) and `minicpmv` (MiniCPM-V 2.6: text arch `qwen2`, projector `resampler`
+with `clip.minicpmv_version` 3; overview first, slices between `<slice>` `</slice>`, each chunk the
+resampler's learned queries, not a spatial grid). `smolvlm` (SmolVLM / SmolVLM2: text arch `llama`, projector
+`idefics3`: SigLIP, pixel shuffle 4, `clip.vision.preproc_image_size` longest edge; tiles after
+`<fake_token_around_image><row_R_col_C>`, `\\n` after each row, then `\\n\\n<fake_token_around_image><global-img>`
+overview `<fake_token_around_image>`) and `internvl` (InternVL 2.5 / 3: text arch `qwen2`, projector `internvl`:
+InternViT with its class token, pixel shuffle 2, 1..N-tile candidates; `<img>` tiles then overview `</img>`).
+Their chunks' tokens are row-major over the pixel-shuffled grid (token y * nx + x).
+`lfm2` (LFM2-VL: hybrid text arch `lfm2`, short-convolution and attention layers, `shortconv.l_cache`;
+projector `lfm2`: SigLIP2 NaFlex, pixel unshuffle 2, LayerNorm + MLP) tiles only a picture above twice the
+256-token budget: `<|image_start|>` then `<|img_row_R_col_C|>` before each 512 px tile, `<|img_thumbnail|>`
+thumbnail, `<|image_end|>`; a smaller picture is one chunk on a dynamic grid (64..256 tokens), row-major too.
 """
 
 from __future__ import annotations
@@ -18,11 +33,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 import numpy as np
 
 from .chat_templates import CHATML_TEMPLATE, GEMMA4_TEMPLATE, GEMMA_TEMPLATE, LLAVA15_TEMPLATE, MISTRAL_TEMPLATE
+from .chat_templates import SMOLVLM_TEMPLATE
+from .chat_templates import MINICPMV26_TEMPLATE
+from .chat_templates import LFM2_TEMPLATE
 
 WRITER_VERSION = 3  # bump when the bytes write_pair produces change (invalidates cached pairs)
 FINGERPRINT_KEY = "topv_edge.synthetic.fingerprint"
@@ -60,6 +78,9 @@ class TextConfig:
     sliding_window: int = 0      # gemma3/gemma4: attention.sliding_window (gemma3: 0 writes none, no SWA)
     rope_base_swa: float = 10000.0
     rope_partial_global: float = 0.25  # gemma4: the global layers rotate this share of their head
+    # lfm2: the attention layers (the others are short-convolution layers, kernel ssm_conv = shortconv.l_cache).
+    # Not in the repr (the other families' fingerprints stay as they were); `pair_fingerprint` adds it when set
+    attn_layers: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def head_dim(self) -> int:
@@ -77,6 +98,8 @@ class TextConfig:
         return self.n_head_kv
 
     def is_recurrent(self, il: int) -> bool:
+        if self.arch == "lfm2":  # short-convolution layers: head_count_kv 0 (src/models/lfm2.cpp is_recr_impl)
+            return il not in self.attn_layers
         return self.arch == "qwen35" and (il + 1) % self.full_attn_interval != 0
 
 
@@ -100,6 +123,14 @@ class VisionConfig:
     n_wa_pattern: int = 0        # qwen2.5vl_merger: every n-th block attends globally, the others in 112 px windows
     deepstack: tuple[int, ...] = ()  # qwen3vl_merger: blocks whose output feeds a deepstack merger
     pos_size: int = 0            # qwen3vl_merger: side of the learned position grid; gemma4v: rows of each x/y table
+    # tiling (repr=False: the other families' fingerprints stay as they were; pair_fingerprint adds them when set)
+    preproc_longest_edge: int = field(default=0, repr=False)  # idefics3: clip.vision.preproc_image_size
+    preproc_tiles: tuple[int, int] = field(default=(0, 0), repr=False)  # internvl: preproc_min/max_tiles (0: none)
+    # llava16 / minicpmv (tiled). Not in the repr (nor the fingerprint's repr) so that the other families'
+    # fingerprints, hence bytes, stay as they were; `pair_fingerprint` adds them when set.
+    grid_pinpoints: tuple[int, ...] = field(default=(), repr=False)  # mlp: clip.vision.image_grid_pinpoints (w, h, ...): LLaVA-1.6 anyres
+    minicpmv_version: int = field(default=0, repr=False)  # resampler: clip.minicpmv_version (3: MiniCPM-V 2.6)
+    n_queries: int = field(default=0, repr=False)         # resampler: clip.minicpmv_query_num (learned queries = tokens per chunk)
 
     @property
     def grid(self) -> int:
@@ -147,7 +178,8 @@ def _smart_resize(w: int, h: int, align: int, min_pixels: int, max_pixels: int) 
 
 # per projector: (image tokens min, max) of llama.cpp's dynamic-size preprocessing (clip.cpp set_limit_image_tokens)
 _DYNAMIC_TOKEN_LIMITS = {"qwen2vl_merger": (8, 4096), "qwen2.5vl_merger": (8, 4096), "qwen3vl_merger": (8, 4096),
-                         "pixtral": (8, 1024), "gemma4v": (70, 1120)}
+                         "pixtral": (8, 1024), "gemma4v": (70, 1120),
+                         "lfm2": (64, 256)}  # lfm2: a picture that is not tiled, and a tiled picture's thumbnail
 
 
 def image_layout(cfg: VisionConfig, width: int, height: int) -> ImageLayout:
@@ -160,9 +192,226 @@ def image_layout(cfg: VisionConfig, width: int, height: int) -> ImageLayout:
         nx, ny = w // align, h // align
         n = nx * ny + (ny - 1 if cfg.projector == "pixtral" else 0)
         return ImageLayout(w, h, nx, ny, n)
-    g = cfg.grid // (cfg.spatial_merge if cfg.projector == "gemma3" else 1)
+    if cfg.projector == "resampler":  # minicpmv, one chunk (overview or slice): the resampler's queries, no grid
+        return ImageLayout(cfg.image_size, cfg.image_size, cfg.n_queries, 1, cfg.n_queries)
+    # gemma3: pooled; idefics3 / internvl: pixel shuffle (one tile or the overview: `picture_chunks`)
+    g = cfg.grid // (cfg.spatial_merge if cfg.projector in ("gemma3", "idefics3", "internvl") else 1)
     return ImageLayout(cfg.image_size, cfg.image_size, g, g, g * g)
 
+
+@dataclass(frozen=True)
+class PictureChunk:
+    """One image chunk llama.cpp makes of a picture (tiled families make several, in decode order)."""
+    role: str                    # "single" (the picture is one chunk), "overview" or "tile"
+    tile_x: int                  # the tile's column and row in the picture's grid of tiles (-1 unless a tile)
+    tile_y: int
+    nx: int                      # the chunk's token grid, row-major (non-spatial chunks: nx = n_tokens, ny = 1)
+    ny: int
+    n_tokens: int
+
+
+# llava16 / minicpmv: tools/mtmd/mtmd-image.cpp mtmd_image_preprocessor_llava_uhd (float arithmetic as there;
+# std::round is half away from zero), then mtmd.cpp add_media's order of the overview and the slices
+
+
+def _uhd_round_div(length: int, patch: int) -> int:
+    # ensure_divide: max((int)(std::round((float)length / patch) * patch), patch)
+    q = float(np.float32(length) / np.float32(patch))
+    r = int(np.floor(q)) + (1 if q - np.floor(q) >= 0.5 else 0)
+    return max(r * patch, patch)
+
+
+def _uhd_best_resize(w: int, h: int, scale: int, patch: int, allow_upscale: bool) -> tuple[int, int]:
+    # get_best_resize
+    if w * h > scale * scale or allow_upscale:
+        r = np.float32(w) / np.float32(h)
+        h = int(np.float32(scale) / np.sqrt(r))
+        w = int(np.float32(h) * r)
+    return _uhd_round_div(w, patch), _uhd_round_div(h, patch)
+
+
+def _uhd_select_best_resolution(w: int, h: int, candidates: list[tuple[int, int]]) -> tuple[int, int]:
+    # select_best_resolution (+ resize_maintain_aspect_ratio): most of the picture kept, then least padding
+    best, max_eff, min_waste = (0, 0), 0, None
+    for cw, ch in candidates:
+        s = min(np.float32(cw) / np.float32(w), np.float32(ch) / np.float32(h))
+        tw, th = int(np.float32(w) * s), int(np.float32(h) * s)
+        eff = min(tw * th, w * h)
+        waste = cw * ch - eff
+        if eff > max_eff or (eff == max_eff and (min_waste is None or waste < min_waste)):
+            best, max_eff, min_waste = (cw, ch), eff, waste
+    return best
+
+
+def _uhd_best_grid(max_slices: int, multiple: int, log_ratio: np.float32) -> tuple[int, int]:
+    # get_best_grid: (columns, rows) with multiple - 1 .. multiple + 1 slices closest to the aspect ratio
+    grids = [(m, n // m) for n in (multiple - 1, multiple, multiple + 1) if n != 1 and n <= max_slices
+             for m in range(1, n + 1) if n % m == 0]
+    best, min_err = (1, 1), np.float32(np.inf)
+    for gw, gh in grids:
+        err = np.float32(abs(float(log_ratio) - np.log(1.0 * gw / gh)))
+        if err < min_err:
+            best, min_err = (gw, gh), err
+    return best
+
+
+def _llava_uhd_chunks(cfg: VisionConfig, width: int, height: int) -> list[PictureChunk]:
+    S, p = cfg.image_size, cfg.patch_size  # slice size; n_merge is 1 for both projectors
+    resampler = cfg.projector == "resampler"
+
+    def chunk(role: str, tx: int, ty: int, w: int, h: int) -> PictureChunk:
+        if resampler:  # the resampler's learned queries: not a spatial grid
+            return PictureChunk(role, tx, ty, cfg.n_queries, 1, cfg.n_queries)
+        return PictureChunk(role, tx, ty, w // p, h // p, (w // p) * (h // p))
+
+    tiles: list[PictureChunk] = []
+    if width <= S and height <= S:  # no slices: the overview alone, resized to S x S
+        overview = chunk("overview", -1, -1, S, S)
+    elif not resampler:  # pinpoints (LLaVA-1.6): overview S x S, tiles of the best pinpoint, row by row
+        pins = list(zip(cfg.grid_pinpoints[0::2], cfg.grid_pinpoints[1::2]))
+        rw, rh = _uhd_select_best_resolution(width, height, pins)
+        overview = chunk("overview", -1, -1, S, S)
+        tiles = [chunk("tile", x // S, y // S, min(S, rw - x), min(S, rh - y))
+                 for y in range(0, rh, S) for x in range(0, rw, S)]
+    else:  # MiniCPM-V: overview at the best size, then a grid chosen by the aspect ratio (max 9 slices)
+        ow, oh = _uhd_best_resize(width, height, S, p, False)
+        overview = chunk("overview", -1, -1, ow, oh)
+        log_ratio = np.log(np.float32(width) / np.float32(height))
+        ratio = np.float32(width) * np.float32(height) / np.float32(S * S)
+        gw, gh = _uhd_best_grid(9, int(min(np.ceil(ratio), 9)), log_ratio)
+        sw, sh = _uhd_best_resize(_uhd_round_div(width, gw) // gw, _uhd_round_div(height, gh) // gh, S, p, True)
+        tiles = [chunk("tile", x, y, sw, sh) for y in range(gh) for x in range(gw)]
+    # minicpmv (ov_img_first = true, mtmd.cpp init_vision): overview first; llava16 (ov_img_first false): last
+    return [overview] + tiles if resampler else tiles + [overview]
+
+
+def picture_chunks(cfg: VisionConfig, width: int, height: int) -> list[PictureChunk]:
+    """The image chunks llama.cpp makes of a width x height picture, in decode order (text markers between
+    them are not listed). Families that never tile give one "single" chunk (`image_layout`)."""
+    if (cfg.projector == "mlp" and cfg.grid_pinpoints) or cfg.projector == "resampler":
+        return _llava_uhd_chunks(cfg, width, height)
+    if cfg.projector == "idefics3":
+        return _idefics3_chunks(cfg, width, height)
+    if cfg.projector == "internvl":
+        return _internvl_chunks(cfg, width, height)
+    if cfg.projector == "lfm2":
+        return _lfm2_chunks(cfg, width, height)
+    lay = image_layout(cfg, width, height)
+    return [PictureChunk("single", -1, -1, lay.nx, lay.ny, lay.n_tokens)]
+
+
+def _tile_chunks(cfg: VisionConfig, grid_x: int, grid_y: int) -> list[PictureChunk]:
+    # idefics3 / internvl (ov_img_first = false, tools/mtmd/mtmd.cpp): the tiles row by row, then the overview;
+    # every chunk is one image_size x image_size picture, pixel-shuffled (clip.cpp clip_n_output_tokens)
+    g = cfg.grid // cfg.spatial_merge
+    n = cfg.grid * cfg.grid // (cfg.spatial_merge * cfg.spatial_merge)
+    tiles = [PictureChunk("tile", x, y, g, g, n) for y in range(grid_y) for x in range(grid_x)]
+    return tiles + [PictureChunk("overview", -1, -1, g, g, n)]
+
+
+def _idefics3_chunks(cfg: VisionConfig, width: int, height: int) -> list[PictureChunk]:
+    """mtmd_image_preprocessor_idefics3 (tools/mtmd/mtmd-image.cpp) with clip.vision.preproc_image_size set:
+    resize so the longer side is that (the shorter one truncated, then made even), round both up to whole
+    tiles. Every picture is resized, so even a small one tiles (unless the longest edge is one tile)."""
+    if cfg.preproc_longest_edge <= 0:
+        raise ValueError("idefics3 without preproc_longest_edge (old GGUFs) is not mirrored")
+    le, t = cfg.preproc_longest_edge, cfg.image_size
+    aspect = width / height  # double arithmetic, (int) truncation as there
+    if width >= height:
+        rw, rh = le, int(le / aspect)
+        rh += rh % 2
+    else:
+        rw, rh = int(le * aspect), le
+        rw += rw % 2
+    return _tile_chunks(cfg, (rw + t - 1) // t, (rh + t - 1) // t)
+
+
+def _internvl_candidates(cfg: VisionConfig) -> list[tuple[int, int]]:
+    # clip.cpp set_internvl_dhr_res_candidates; preproc_min/max_tiles default to 1 and 12 when absent
+    lo, hi = cfg.preproc_tiles
+    lo, hi = lo or 1, hi or 12
+    out = []
+    for a in range(lo, hi + 1):
+        for b in range(max((lo + a - 1) // a, lo), min(hi // a, hi) + 1):
+            out.append((a * cfg.image_size, b * cfg.image_size))
+    return out
+
+
+def _internvl_chunks(cfg: VisionConfig, width: int, height: int) -> list[PictureChunk]:
+    """mtmd_image_preprocessor_internvl: llava-uhd slicing with the tile-count candidates as pinpoints
+    (select_best_resolution, float arithmetic as there). A picture no larger than one tile is the overview alone."""
+    t = cfg.image_size
+    if not (width > t or height > t):
+        return _tile_chunks(cfg, 0, 0)
+    best, best_eff, best_waste = (0, 0), 0, 2 ** 31 - 1
+    for cw, ch in _internvl_candidates(cfg):
+        scale = min(np.float32(cw) / np.float32(width), np.float32(ch) / np.float32(height))
+        tw, th = int(np.float32(width) * scale), int(np.float32(height) * scale)
+        eff = min(tw * th, width * height)
+        waste = cw * ch - eff
+        if eff > best_eff or (eff == best_eff and waste < best_waste):
+            best, best_eff, best_waste = (cw, ch), eff, waste
+    return _tile_chunks(cfg, best[0] // t, best[1] // t)
+
+
+# lfm2 (LFM2-VL): tools/mtmd/mtmd-image.cpp mtmd_image_preprocessor_lfm2 (constants in mtmd-image.h: tiles of
+# 512 px, 2..10 of them, max_pixels_tolerance 2); token limits 64..256 (clip.cpp set_limit_image_tokens(64, 256))
+_LFM2_TILE, _LFM2_TILES, _LFM2_TOLERANCE = 512, (2, 10), 2.0
+
+
+def lfm2_should_tile(cfg: VisionConfig, width: int, height: int) -> bool:
+    """mtmd_image_preprocessor_lfm2::should_tile: the picture, rounded to whole tokens (std::nearbyint: half to
+    even, in double), has more than max_pixels_tolerance x the most pixels of one dynamic-size chunk."""
+    align = cfg.patch_size * cfg.spatial_merge
+    hb = max(cfg.patch_size, int(np.rint(float(height) / align)) * align)
+    wb = max(cfg.patch_size, int(np.rint(float(width) / align)) * align)
+    return float(hb) * float(wb) > float(_DYNAMIC_TOKEN_LIMITS["lfm2"][1] * align * align) * _LFM2_TOLERANCE
+
+
+def _lfm2_grid(width: int, height: int) -> tuple[int, int]:
+    """get_grid_layout: the (columns, rows) of 2..10 tiles closest to the picture's aspect ratio (float32 as
+    there); on an exact tie the later (larger) grid wins when the picture has over half its pixels."""
+    lo, hi = _LFM2_TILES
+    ratios: list[tuple[int, int]] = []
+    for n in range(lo, hi + 1):  # get_target_ratios, then sorted by tile count (no tie the order decides)
+        ratios += [(w, h) for w in range(1, n + 1) for h in range(1, n + 1)
+                   if lo <= w * h <= hi and (w, h) not in ratios]
+    ratios.sort(key=lambda r: r[0] * r[1])
+    aspect = np.float32(width) / np.float32(height)
+    area = np.float32(width * height)
+    best, best_diff = (1, 1), np.float32(np.finfo(np.float32).max)
+    for w, h in ratios:  # find_closest_aspect_ratio
+        diff = np.abs(aspect - np.float32(w) / np.float32(h))
+        if diff < best_diff:
+            best, best_diff = (w, h), diff
+        elif diff == best_diff and area > np.float32(0.5) * np.float32(_LFM2_TILE * _LFM2_TILE * w * h):
+            best = (w, h)
+    return best
+
+
+def _lfm2_chunks(cfg: VisionConfig, width: int, height: int) -> list[PictureChunk]:
+    """A picture that is not tiled is one chunk of the dynamic-size grid (`image_layout`: smart resize to whole
+    tokens, 64..256 of them). A tiled one: the tiles row by row (512 x 512 crops of the picture resized to the
+    grid), then the thumbnail, the whole picture at the dynamic size (mtmd.cpp add_media, ov_img_first false;
+    markers <|img_row_R_col_C|> before each tile, <|img_thumbnail|> before the thumbnail). Tokens are the
+    pixel-unshuffled patch grid, rounded up (clip.cpp clip_n_output_tokens, CLIP_ALIGN)."""
+    lay = image_layout(cfg, width, height)
+    if not lfm2_should_tile(cfg, width, height):
+        return [PictureChunk("single", -1, -1, lay.nx, lay.ny, lay.n_tokens)]
+    gx, gy = _lfm2_grid(width, height)
+    t = -(-_LFM2_TILE // (cfg.patch_size * cfg.spatial_merge))
+    tiles = [PictureChunk("tile", x, y, t, t, t * t) for y in range(gy) for x in range(gx)]
+    return tiles + [PictureChunk("overview", -1, -1, lay.nx, lay.ny, lay.n_tokens)]
+
+
+# families whose large pictures become an overview and tiles (several image chunks): `picture_chunks`
+TILED_FAMILIES: frozenset[str] = frozenset({
+    "llava16",
+    "minicpmv",
+    "smolvlm",
+    "internvl",
+    "lfm2",
+})
 
 # family -> text architecture, projector (the layouts of the real GGUFs named in docs/families.md)
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -174,6 +423,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "qwen3vl": ("qwen3vl", "qwen3vl_merger"),
     "qwen35": ("qwen35", "qwen3vl_merger"),
     "pixtral": ("llama", "pixtral"),
+    "llava16": ("llama", "mlp"),
+    "minicpmv": ("qwen2", "resampler"),
+    "smolvlm": ("llama", "idefics3"),
+    "internvl": ("qwen2", "internvl"),
+    "lfm2": ("lfm2", "lfm2"),
 }
 
 _SIGLIP = dict(image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5))
@@ -271,6 +525,51 @@ PRESETS: dict[tuple[str, str], ModelConfig] = {
 # legacy converter): a class embedding, no patch bias, quick-GELU
 _LLAVA_CLASS_TOKEN = dict(class_embedding=True, patch_bias=False, hidden_act="quick_gelu")
 
+# LLaVA-1.6 (LLaVA-NeXT, anyres): LLaVA-1.5's tower with its class token, and llava-v1.6's five pinpoints
+# (336 x 672, 672 x 336, 672 x 672, 1008 x 336, 336 x 1008) at the tiny image size 112: tiles of 8 x 8 = 64
+PRESETS[("llava16", "tiny")] = ModelConfig(
+    "llava16", TextConfig(),
+    VisionConfig(image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=3, n_head=4,
+                 grid_pinpoints=(112, 224, 224, 112, 224, 224, 336, 112, 112, 336), **_LLAVA_CLASS_TOKEN))
+# MiniCPM-V 2.6: Qwen2 text (q/k/v biases), SigLIP (patch bias, 70 x 70 position table bucketed to the
+# slice's patch grid, post-LN, GELU), resampler (minicpmv_version 3) with 32 learned queries here (64 real)
+PRESETS[("minicpmv", "tiny")] = ModelConfig(
+    "minicpmv",
+    TextConfig(arch="qwen2", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e6, rms_eps=1e-6),
+    VisionConfig(projector="resampler", image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=2, n_head=4,
+                 ln_eps=1e-6, pos_size=70, minicpmv_version=3, n_queries=32, **_SIGLIP))
+# SmolVLM / SmolVLM2 (Idefics3): llama text; SigLIP (patch bias, post-LN, GELU) on square tiles, pixel shuffle
+# by 4 as the real ones (512 px tiles of 16 px patches: 8 x 8 = 64 tokens) -> mm.model.fc. Tiny: 128 px tiles of
+# 8 px patches, 16 x 16 -> 4 x 4 = 16 tokens; longest edge 384 (real 2048 = 4 tiles): at most 3 x 3 tiles
+PRESETS[("smolvlm", "tiny")] = ModelConfig(
+    "smolvlm",
+    TextConfig(n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e5),
+    VisionConfig(projector="idefics3", image_size=128, patch_size=8, n_embd=64, n_ff=160, n_layer=2, n_head=4,
+                 ln_eps=1e-6, spatial_merge=4, preproc_longest_edge=384, **_SIGLIP))
+# InternVL3-1B/2B, InternVL2.5-1B: Qwen2.5 text (arch qwen2: q/k/v biases; tied output as Qwen2.5-0.5B/1.5B);
+# InternViT-300M (class token, position table of n_patches + 1 rows, layer scales ls1/ls2, LayerNorm, GELU) on
+# image_size tiles, pixel shuffle 2 (real 448 / 14: 32 x 32 -> 16 x 16 = 256), mlp1 = LN, fc, GELU, fc. Tiny:
+# 112 px tiles, 8 x 8 -> 4 x 4 = 16 tokens, 1..6 tiles (real 1..12)
+PRESETS[("internvl", "tiny")] = ModelConfig(
+    "internvl",
+    TextConfig(arch="qwen2", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e6, rms_eps=1e-6,
+               tied_output=True),
+    VisionConfig(projector="internvl", image_size=112, patch_size=14, n_embd=64, n_ff=160, n_layer=2, n_head=4,
+                 ln_eps=1e-6, spatial_merge=2, class_embedding=True, preproc_tiles=(1, 6),
+                 image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225)))
+# LFM2-VL: LFM2 text (hybrid: gated short-convolution layers, kernel 3, and GQA attention layers with q/k
+# norms; tied output); SigLIP2 NaFlex tower (patch bias, learned position grid resized to the picture's,
+# post-LN, GELU), pixel unshuffle 2 -> LayerNorm -> linear, GELU, linear. Real: 16 px patches, 16 x 16 position
+# grid, 512 px tiles of 16 x 16 = 256 tokens. The tile size (512) and token limits (64..256) are llama.cpp
+# constants, so the tiny tower has 38 px patches: tiles of 13 x 13 patches, padded to 14 x 14 by the unshuffle,
+# 7 x 7 = 49 tokens; the real pattern's first layers are conv, conv, attention (attention at 2, 5, 8, 10, 12, 14)
+PRESETS[("lfm2", "tiny")] = ModelConfig(
+    "lfm2",
+    TextConfig(arch="lfm2", n_embd=128, n_ff=352, n_layer=4, n_head=4, n_head_kv=2, rope_base=1e6, rms_eps=1e-5,
+               tied_output=True, ssm_conv=3, attn_layers=(2, 3)),
+    VisionConfig(projector="lfm2", image_size=38 * 8, patch_size=38, n_embd=64, n_ff=160, n_layer=2, n_head=4,
+                 ln_eps=1e-6, spatial_merge=2, pos_size=8, proj_hidden=128, **_SIGLIP))
+
 
 # ----------------------------------------------------------------------------------------------------
 # tokenizer: byte-level BPE (gpt2 style) so that any text tokenises
@@ -343,6 +642,11 @@ def family_tokenizer(family: str) -> Tokenizer:
     """The family's tokenizer: BOS, EOS first, then the chat and image markers its template and mtmd use."""
     if family == "llava":
         return make_tokenizer(["<s>", "</s>"], LLAVA15_TEMPLATE)
+    if family == "llava16":  # llava-v1.6-vicuna: LLaVA-1.5's format; mtmd puts no markers between the tiles
+        return make_tokenizer(["<s>", "</s>"], LLAVA15_TEMPLATE)
+    if family == "minicpmv":  # mtmd looks up <image> </image> <slice> </slice> and "\n" (a byte token here)
+        return make_tokenizer(["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<image>", "</image>", "<slice>",
+                               "</slice>"], MINICPMV26_TEMPLATE)
     if family in ("qwen2vl", "qwen25vl", "qwen3vl", "qwen35"):
         return make_tokenizer(_QWEN_SPECIALS, CHATML_TEMPLATE)
     if family == "gemma3":
@@ -353,15 +657,58 @@ def family_tokenizer(family: str) -> Tokenizer:
     if family == "pixtral":  # mtmd ends each image with [IMG_END]; [IMG_BREAK] is an embedding in the mmproj
         return make_tokenizer(["<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"],
                               MISTRAL_TEMPLATE)
+    if family == "smolvlm":  # mtmd looks up "\n\n", "<fake_token_around_image>", "<global-img>", "\n", <row_R_col_C>
+        rows = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]  # 6 x 6, as SmolVLM's vocabulary
+        return _with_merged_token(make_tokenizer(["<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
+                                                  "<global-img>", "<image>"] + rows, SMOLVLM_TEMPLATE), "\n\n")
+    if family == "internvl":  # mtmd wraps the tiles and the overview in <img> ... </img>
+        return make_tokenizer(["<|endoftext|>", "<|im_end|>", "<|im_start|>", "<img>", "</img>", "<IMG_CONTEXT>"],
+                              CHATML_TEMPLATE)
+    if family == "lfm2":  # mtmd: <|image_start|> [<|img_row_R_col_C|> tile ...] [<|img_thumbnail|>] image <|image_end|>
+        rows = [f"<|img_row_{r}_col_{c}|>" for r in range(1, 11) for c in range(1, 11) if r * c <= 10]  # <= 10 tiles
+        return make_tokenizer(["<|startoftext|>", "<|im_end|>", "<|im_start|>", "<|pad|>", "<image>",
+                               "<|image_start|>", "<|image_end|>", "<|img_thumbnail|>"] + rows, LFM2_TEMPLATE)
     raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def _with_merged_token(tok: Tokenizer, text: str) -> Tokenizer:
+    """`tok` plus an ordinary token for the two bytes of `text` and the BPE merge that makes it (SmolLM2's
+    vocabulary has "\\n\\n" as one token; mtmd's lookup_token compares the pieces' text)."""
+    a, b = (_bytes_to_unicode()[c] for c in text.encode())
+    return replace(tok, tokens=tok.tokens + [a + b], types=tok.types + [1], merges=tok.merges + [f"{a} {b}"])
 
 
 # ----------------------------------------------------------------------------------------------------
 # weights
 
 
+def _lfm2_text_weight_shapes(cfg: TextConfig, n_vocab: int) -> dict[str, tuple[int, ...]]:
+    # src/models/lfm2.cpp load_arch_tensors: the final norm is called token_embd_norm; short-convolution layers
+    # (in_proj -> B, C, x; conv kernel [n_embd, l_cache] as numpy, HF's Conv1d weight squeezed) or attention
+    # layers with q/k norms; every layer has the same SwiGLU FFN
+    d, hd = cfg.n_embd, cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_vocab, d), "token_embd_norm.weight": (d,)}
+    if not cfg.tied_output:
+        shapes["output.weight"] = (n_vocab, d)
+    for i in range(cfg.n_layer):
+        b = f"blk.{i}."
+        shapes[b + "attn_norm.weight"] = (d,)
+        if cfg.is_recurrent(i):
+            shapes.update({b + "shortconv.conv.weight": (d, cfg.ssm_conv), b + "shortconv.in_proj.weight": (3 * d, d),
+                           b + "shortconv.out_proj.weight": (d, d)})
+        else:
+            shapes.update({b + "attn_q.weight": (cfg.n_head * hd, d), b + "attn_k.weight": (cfg.n_head_kv * hd, d),
+                           b + "attn_v.weight": (cfg.n_head_kv * hd, d), b + "attn_output.weight": (d, cfg.n_head * hd),
+                           b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
+        shapes.update({b + "ffn_norm.weight": (d,), b + "ffn_gate.weight": (cfg.n_ff, d),
+                       b + "ffn_up.weight": (cfg.n_ff, d), b + "ffn_down.weight": (d, cfg.n_ff)})
+    return shapes
+
+
 def text_weight_shapes(cfg: TextConfig, n_vocab: int) -> dict[str, tuple[int, ...]]:
     """Tensor names and numpy shapes ([out, in] for matrices) of the text model."""
+    if cfg.arch == "lfm2":
+        return _lfm2_text_weight_shapes(cfg, n_vocab)
     d = cfg.n_embd
     shapes: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (n_vocab, d),
@@ -406,7 +753,7 @@ def text_weight_shapes(cfg: TextConfig, n_vocab: int) -> dict[str, tuple[int, ..
             b + "ffn_up.weight": (cfg.n_ff, d),
             b + "ffn_down.weight": (d, cfg.n_ff),
         })
-        if cfg.arch == "qwen2vl":  # Qwen2 has q/k/v biases
+        if cfg.arch in ("qwen2vl", "qwen2"):  # Qwen2 has q/k/v biases
             shapes.update({b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
         if cfg.arch in ("gemma3", "gemma4"):  # sandwich norms
             shapes.update({b + "post_attention_norm.weight": (d,), b + "post_ffw_norm.weight": (d,)})
@@ -417,16 +764,38 @@ def text_weight_shapes(cfg: TextConfig, n_vocab: int) -> dict[str, tuple[int, ..
     return shapes
 
 
+def _lfm2_vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple[int, ...]]:
+    # SigLIP2 NaFlex (tools/mtmd/models/siglip.cpp: learned position grid resized to the picture's patch grid,
+    # LayerNorm blocks with biases, GELU MLP, post-LN), then the LFM2-VL projector (clip.cpp PROJECTOR_TYPE_LFM2:
+    # pixel unshuffle, LayerNorm mm.input_norm over the m*m*n_embd row, mm.1, GELU, mm.2)
+    d, p, m = cfg.n_embd, cfg.patch_size, cfg.n_embd * cfg.spatial_merge ** 2
+    shapes: dict[str, tuple[int, ...]] = {"v.patch_embd.weight": (d, 3, p, p), "v.patch_embd.bias": (d,),
+                                          "v.position_embd.weight": (cfg.pos_size * cfg.pos_size, d)}
+    for i in range(cfg.n_layer):
+        b = f"v.blk.{i}."
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            shapes.update({b + t + ".weight": (d, d), b + t + ".bias": (d,)})
+        shapes.update({b + "ln1.weight": (d,), b + "ln1.bias": (d,), b + "ln2.weight": (d,), b + "ln2.bias": (d,),
+                       b + "ffn_up.weight": (cfg.n_ff, d), b + "ffn_up.bias": (cfg.n_ff,),
+                       b + "ffn_down.weight": (d, cfg.n_ff), b + "ffn_down.bias": (d,)})
+    shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,), "mm.input_norm.weight": (m,),
+                   "mm.input_norm.bias": (m,), "mm.1.weight": (cfg.proj_hidden, m), "mm.1.bias": (cfg.proj_hidden,),
+                   "mm.2.weight": (n_embd_text, cfg.proj_hidden), "mm.2.bias": (n_embd_text,)})
+    return shapes
+
+
 def vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple[int, ...]]:
     """Tensor names and numpy shapes of the mmproj (all n_layer blocks, also for llava: see `write_mmproj`)."""
+    if cfg.projector == "lfm2":
+        return _lfm2_vision_weight_shapes(cfg, n_embd_text)
     d, p, proj = cfg.n_embd, cfg.patch_size, cfg.projector
     qwen = proj in ("qwen2vl_merger", "qwen2.5vl_merger", "qwen3vl_merger")
     shapes: dict[str, tuple[int, ...]] = {"v.patch_embd.weight": (d, 3, p, p)}
     if qwen:  # a temporal conv of 2 frames, split into two 2D kernels
         shapes["v.patch_embd.weight.1"] = (d, 3, p, p)
-    if proj == "qwen3vl_merger" or (proj in ("mlp", "gemma3") and cfg.patch_bias):
+    if proj in ("qwen3vl_merger", "resampler", "idefics3", "internvl") or (proj in ("mlp", "gemma3") and cfg.patch_bias):
         shapes["v.patch_embd.bias"] = (d,)
-    if proj in ("mlp", "gemma3"):
+    if proj in ("mlp", "gemma3", "idefics3", "internvl"):  # internvl: class token, n_patches + 1 rows
         shapes["v.position_embd.weight"] = (cfg.grid * cfg.grid + (1 if cfg.class_embedding else 0), d)
         if cfg.class_embedding:
             shapes["v.class_embd"] = (d,)
@@ -434,6 +803,8 @@ def vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple
         shapes["v.position_embd.weight"] = (cfg.pos_size * cfg.pos_size, d)
     elif proj == "gemma4v":  # two tables, x then y: ggml [n_embd, pos_size, 2]
         shapes["v.position_embd.weight"] = (2, cfg.pos_size, d)
+    elif proj == "resampler":  # SigLIP's pos_size x pos_size table (70 x 70), bucketed to the slice's patch grid
+        shapes["v.position_embd.weight"] = (cfg.pos_size * cfg.pos_size, d)
     if proj in ("mlp", "pixtral"):  # CLIP's pre-layernorm (pixtral: an RMS norm, no bias)
         shapes["v.pre_ln.weight"] = (d,)
         if proj == "mlp":
@@ -472,10 +843,14 @@ def vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple
         shapes[b + "ffn_down.weight"] = (d, cfg.n_ff)
         if biases:
             shapes[b + "ffn_down.bias"] = (d,)
+        if proj == "internvl":  # InternViT's layer scales (attention, FFN)
+            shapes.update({b + "ls1.weight": (d,), b + "ls2.weight": (d,)})
     m = d * cfg.spatial_merge ** 2
     if proj == "mlp":
         shapes.update({"mm.0.weight": (cfg.proj_hidden, d), "mm.0.bias": (cfg.proj_hidden,),
                        "mm.2.weight": (n_embd_text, cfg.proj_hidden), "mm.2.bias": (n_embd_text,)})
+        if cfg.grid_pinpoints:  # LLaVA-1.6's image_newline, named as the legacy converter writes it (unread)
+            shapes["model.image_newline"] = (n_embd_text,)
     elif proj == "gemma3":  # post-layernorm, RMS norm, projection stored [in, out] (the graph transposes it)
         shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,), "mm.soft_emb_norm.weight": (d,),
                        "mm.input_projection.weight": (d, n_embd_text)})
@@ -487,6 +862,23 @@ def vision_weight_shapes(cfg: VisionConfig, n_embd_text: int) -> dict[str, tuple
         shapes.update({"mm.1.weight": (n_embd_text, d), "mm.1.bias": (n_embd_text,),
                        "mm.2.weight": (n_embd_text, n_embd_text), "mm.2.bias": (n_embd_text,),
                        "v.token_embd.img_break": (n_embd_text,)})
+    elif proj == "resampler":  # SigLIP post-LN, then MiniCPM-V's resampler (legacy converter's names and shapes)
+        e = n_embd_text
+        shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,), "resampler.query": (cfg.n_queries, e),
+                       "resampler.kv.weight": (e, d)})
+        for t in ("q", "k", "v", "out"):  # nn.MultiheadAttention's in_proj split in three, and out_proj
+            shapes.update({f"resampler.attn.{t}.weight": (e, e), f"resampler.attn.{t}.bias": (e,)})
+        for t in ("q", "kv", "post"):
+            shapes.update({f"resampler.ln_{t}.weight": (e,), f"resampler.ln_{t}.bias": (e,)})
+        # proj is an nn.Parameter used as x @ proj, stored transposed; pos_embed_k is the 70 x 70 2D sin-cos
+        # table the converter adds (the graph computes its own: loaded, unused)
+        shapes.update({"resampler.proj.weight": (e, e), "resampler.pos_embed_k": (70 * 70, e)})
+    elif proj == "idefics3":  # SigLIP post-LN, pixel shuffle, Idefics3Connector's bias-free projection
+        shapes.update({"v.post_ln.weight": (d,), "v.post_ln.bias": (d,), "mm.model.fc.weight": (n_embd_text, m)})
+    elif proj == "internvl":  # no post-LN; pixel shuffle, then mlp1: LayerNorm(m), Linear, GELU, Linear
+        shapes.update({"mm.model.mlp.0.weight": (m,), "mm.model.mlp.0.bias": (m,),
+                       "mm.model.mlp.1.weight": (n_embd_text, m), "mm.model.mlp.1.bias": (n_embd_text,),
+                       "mm.model.mlp.3.weight": (n_embd_text, n_embd_text), "mm.model.mlp.3.bias": (n_embd_text,)})
     else:  # qwen mergers: norm over each patch (v.post_ln), then 2 x 2 patches -> MLP
         shapes["v.post_ln.weight"] = (d,)
         if proj != "qwen2.5vl_merger":
@@ -507,6 +899,18 @@ def gemma4_rope_freqs(head_dim: int, partial: float) -> np.ndarray:
     return np.array([1.0] * n_rot + [1e30] * (head_dim // 2 - n_rot), np.float32)
 
 
+def minicpmv_pos_embed_k(embed_dim: int, grid: tuple[int, int] = (70, 70)) -> np.ndarray:
+    """resampler.pos_embed_k as minicpmv-convert-image-encoder-to-gguf.py writes it (get_2d_sincos_pos_embed,
+    [h * w, embed_dim]: sin/cos of the column, then of the row)."""
+    def one_d(dim: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    gw, gh = np.meshgrid(np.arange(grid[1], dtype=np.float32), np.arange(grid[0], dtype=np.float32))
+    return np.concatenate([one_d(embed_dim // 2, gw), one_d(embed_dim // 2, gh)], axis=1).astype(np.float32)
+
+
 def random_weights(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Scaled so activations stay O(1): matrices ~ N(0, 1/fan_in), norms ~ 1, biases and tables small.
     (gemma4's rope_freqs is not a weight: fill it with `gemma4_rope_freqs`.)"""
@@ -518,6 +922,8 @@ def random_weights(shapes: dict[str, tuple[int, ...]], rng: np.random.Generator)
                 base = -1.0
             if name.endswith("layer_output_scale.weight"):  # gemma4's layer_scalar
                 base = 1.0
+            if name.endswith((".ls1.weight", ".ls2.weight")) or name == "mm.model.mlp.0.weight":
+                base = 1.0  # internvl: layer scales; mlp1's LayerNorm weight
             if name in ("v.class_embd", "v.token_embd.img_break"):  # embeddings: O(1) like the rows they join
                 out[name] = rng.standard_normal(shape).astype(np.float32)
                 continue
@@ -609,11 +1015,17 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: Mappi
     w.add_head_count(cfg.n_head)
     if cfg.arch == "gemma4" and cfg.n_head_kv_global:  # per layer, as the converter writes it
         w.add_head_count_kv([cfg.layer_head_kv(i) for i in range(cfg.n_layer)])
+    elif cfg.arch == "lfm2":  # per layer, 0 for the short-convolution layers (conversion/lfm2.py)
+        w.add_head_count_kv([0 if cfg.is_recurrent(i) else cfg.n_head_kv for i in range(cfg.n_layer)])
     else:
         w.add_head_count_kv(cfg.n_head_kv)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
     w.add_rope_freq_base(cfg.rope_base)
-    w.add_rope_dimension_count(cfg.rope_dim or cfg.head_dim)
+    if cfg.arch != "lfm2":  # LFM2's converter writes none (the whole head rotates)
+        w.add_rope_dimension_count(cfg.rope_dim or cfg.head_dim)
+    if cfg.arch == "lfm2":
+        w.add_vocab_size(len(tok.tokens))
+        w.add_shortconv_l_cache(cfg.ssm_conv)
     if cfg.n_embd_head:
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
@@ -643,13 +1055,13 @@ def write_text_model(path: Path, cfg: TextConfig, tok: Tokenizer, weights: Mappi
         w.add_uint32(f"{cfg.arch}.attention.shared_kv_layers", 0)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre("lfm2" if cfg.arch == "lfm2" else "default")
     w.add_token_list(tok.tokens)
     w.add_token_types(tok.types)
     w.add_token_merges(tok.merges)
     w.add_bos_token_id(tok.bos)
     w.add_eos_token_id(tok.eos)
-    w.add_add_bos_token(cfg.arch in ("llama", "gemma3", "gemma4"))
+    w.add_add_bos_token(cfg.arch in ("llama", "gemma3", "gemma4", "lfm2"))
     w.add_chat_template(tok.chat_template)
     for k, v in (metadata or {}).items():
         w.add_string(k, v)
@@ -700,12 +1112,13 @@ def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: Mappi
     w.add_uint32("clip.vision.embedding_length", cfg.n_embd)
     w.add_uint32("clip.vision.feed_forward_length", cfg.n_ff)
     w.add_uint32("clip.vision.block_count", n_blocks)
-    w.add_uint32("clip.vision.projection_dim", n_embd_text)
+    # the MiniCPM-V converter writes 0 (the resampler's width is resampler.proj's)
+    w.add_uint32("clip.vision.projection_dim", 0 if cfg.projector == "resampler" else n_embd_text)
     w.add_uint32("clip.vision.attention.head_count", cfg.n_head)
     w.add_float32("clip.vision.attention.layer_norm_epsilon", cfg.ln_eps)
     w.add_array("clip.vision.image_mean", list(cfg.image_mean))
     w.add_array("clip.vision.image_std", list(cfg.image_std))
-    if cfg.projector in ("gemma3", "gemma4v"):
+    if cfg.projector in ("gemma3", "gemma4v", "lfm2"):
         w.add_uint32("clip.vision.projector.scale_factor", cfg.spatial_merge)
     if cfg.projector == "qwen2vl_merger":
         w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
@@ -716,8 +1129,25 @@ def write_mmproj(path: Path, cfg: VisionConfig, n_embd_text: int, weights: Mappi
     if cfg.projector == "qwen3vl_merger":
         w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
         w.add_array("clip.vision.is_deepstack_layers", [i in cfg.deepstack for i in range(cfg.n_layer)])
+    if cfg.projector == "mlp" and cfg.grid_pinpoints:  # LLaVA-1.6 (legacy converter + config_vit.json keys)
+        w.add_array("clip.vision.image_grid_pinpoints", list(cfg.grid_pinpoints))
+        w.add_string("clip.vision.image_aspect_ratio", "anyres")
+        w.add_string("clip.vision.mm_patch_merge_type", "spatial_unpad")
+    if cfg.projector == "resampler":  # minicpmv-convert-image-encoder-to-gguf.py
+        w.add_bool("clip.has_minicpmv_projector", True)
+        w.add_int32("clip.minicpmv_version", cfg.minicpmv_version)
+        w.add_uint32("clip.minicpmv_query_num", cfg.n_queries)
     if cfg.projector == "pixtral" and cfg.spatial_merge > 1:
         w.add_uint32("clip.vision.spatial_merge_size", cfg.spatial_merge)
+    if cfg.projector in ("idefics3", "internvl"):  # conversion/smolvlm.py, conversion/internvl.py: pixel shuffle
+        w.add_uint32("clip.vision.projector.scale_factor", cfg.spatial_merge)
+    if cfg.projector == "idefics3":  # the preprocessor's longest edge (preprocessor_config size.longest_edge)
+        w.add_uint32("clip.vision.preproc_image_size", cfg.preproc_longest_edge)
+    if cfg.projector == "internvl":  # min/max_dynamic_patch, written when the config has them
+        if cfg.preproc_tiles[0] > 0:
+            w.add_uint32("clip.vision.preproc_min_tiles", cfg.preproc_tiles[0])
+        if cfg.preproc_tiles[1] > 0:
+            w.add_uint32("clip.vision.preproc_max_tiles", cfg.preproc_tiles[1])
     for k, v in (metadata or {}).items():
         w.add_string(k, v)
     _write(w, names, weights, expected, dtype)
@@ -779,6 +1209,13 @@ def pair_fingerprint(family: str, preset: str, seed: int = 0, class_embedding: b
     tok = family_tokenizer(family)
     key = repr((WRITER_VERSION, family, preset, int(seed), cfg, tok.tokens, tok.types, tok.merges,
                 tok.chat_template))
+    v = cfg.vision  # the tiled fields are not in VisionConfig's repr: added only when set (others' keys unchanged)
+    if v.grid_pinpoints or v.minicpmv_version or v.n_queries:
+        key += repr(("tiled", v.grid_pinpoints, v.minicpmv_version, v.n_queries))
+    if cfg.text.attn_layers:  # lfm2's layer pattern: not in TextConfig's repr either
+        key += repr(("attn_layers", cfg.text.attn_layers))
+    if v.preproc_longest_edge or any(v.preproc_tiles):  # smolvlm (idefics3), internvl
+        key += repr(("tiles", v.preproc_longest_edge, v.preproc_tiles))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -812,7 +1249,10 @@ def pair_weights(family: str, preset: str, seed: int = 0, class_embedding: bool 
     text_w = _weights_for(text_weight_shapes(cfg.text, len(family_tokenizer(family).tokens)), rng, seed)
     if cfg.text.arch == "gemma4":
         text_w = {**text_w, "rope_freqs.weight": gemma4_rope_freqs(cfg.text.head_dim, cfg.text.rope_partial_global)}
-    return text_w, _weights_for(vision_weight_shapes(cfg.vision, cfg.text.n_embd), rng, seed + 1)
+    vis_w = _weights_for(vision_weight_shapes(cfg.vision, cfg.text.n_embd), rng, seed + 1)
+    if cfg.vision.projector == "resampler":  # not a weight: the converter's fixed table
+        vis_w = {**vis_w, "resampler.pos_embed_k": minicpmv_pos_embed_k(cfg.text.n_embd)}
+    return text_w, vis_w
 
 
 def quantize_model(src: Path, dst: Path, qtype: str, threads: int | None = None) -> Path:

@@ -29,6 +29,24 @@ struct mtmd_topv_state {
     std::vector<int32_t> grid_kept; // pass output: indices into the grid tokens
 };
 
+// where an image chunk sits in its picture: set by mtmd's tokenizer (the hook in mtmd.cpp's add_media calls
+// mtmd_topv_place_picture for a tiled picture), kept in mtmd_image_tokens
+struct mtmd_topv_picture_place {
+    int32_t picture  = -1;  // the picture's index in its prompt (-1: unknown, e.g. a chunk from before the hook)
+    int32_t role     = MTMD_TOPV_CHUNK_SINGLE;
+    int32_t tile_x   = -1, tile_y = -1;
+    int32_t tiles_x  = 0,  tiles_y = 0;
+    int32_t index    = 0,  n_chunks = 1;       // among the picture's image chunks, decode order
+    int32_t n_picture_tokens     = 0;          // all image tokens of the picture
+    int32_t n_overview_tokens    = 0;          // the overview chunk's tokens (0: none)
+    int32_t n_tile_tokens_before = 0;          // tokens of the picture's tiles decoded before this chunk
+};
+
+// fills the places of one picture's image chunks, given in decode order with their token counts: tiles_x x tiles_y
+// tiles in row-major order, and the overview first or last
+void mtmd_topv_place_picture(mtmd_topv_picture_place * const * places, const uint32_t * n_tokens, size_t n_chunks,
+                             int32_t tiles_x, int32_t tiles_y, bool overview_first, int32_t picture);
+
 // what mtmd knows of an image chunk, read off its private structs by the hook in mtmd.cpp
 struct mtmd_topv_image_facts {
     const clip_ctx * ctx_v;        // the vision tower
@@ -39,6 +57,7 @@ struct mtmd_topv_image_facts {
     uint32_t n_temporal_merge;
     size_t   n_entries;            // preprocessed images in the chunk (1: one picture, no slices or frames)
     int32_t  entry_nx, entry_ny;   // pixel size of the first preprocessed image
+    mtmd_topv_picture_place place; // where the chunk sits in its picture
 };
 
 // defined in mtmd.cpp (the hooks)
@@ -59,7 +78,13 @@ struct mtmd_topv_chunk_layout {
     int32_t n_deepstack = 0;            // deepstack slices after the main n_embd of each row (Qwen3-VL)
     std::string target_node = "ffn_norm"; // the text architecture's post-attention norm (pass target), without "-<il>"
     bool recurrent = false;             // the memory has a recurrent part (hybrid models): saved/restored around the probe
+    bool spatial   = true;              // false: the tokens are not cells of a picture (resampler queries): the pass
+                                        // runs without its spatial terms, on a 1-row grid
+    mtmd_topv_picture_place place;      // the chunk's place in its picture
 };
+
+// grid tokens the stage keeps of this chunk: its share of the picture's budget (one chunk: keep of its grid)
+int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & params, const mtmd_topv_chunk_layout & layout);
 
 // names of the graph nodes the probe reads for layer `layer`: the layer's input (empty: the embeddings) and output
 void mtmd_topv_probe_nodes(const mtmd_topv_chunk_layout & layout, int32_t layer, std::string * source, std::string * target);

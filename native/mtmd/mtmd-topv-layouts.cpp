@@ -25,6 +25,9 @@ enum class grid_rule {
     mrope_nxny, // M-RoPE models: mtmd's nx x ny merged grid, row-major (Qwen2/2.5/3-VL, Qwen3.5)
     entry_grid, // ordinary positions, the grid from the preprocessed image's size / (patch size x merge), row-major (Gemma 4)
     row_breaks, // the entry grid, row-major, with an [IMG_BREAK] embedding after every row but the last (Pixtral)
+    aligned_entry_grid, // the entry grid rounded up to whole tokens (the encoder pads), row-major (LFM2-VL)
+    queries,    // learned resampler queries, no spatial cells: a 1-row "grid" the pass reads without its spatial terms
+                // (MiniCPM-V)
 };
 
 struct layout_entry {
@@ -41,7 +44,7 @@ constexpr const char * SPEECH = "a speech generator, not an image encoder";
 constexpr const char * QWEN3VL_ARCHS = "qwen3vl,qwen3vlmoe,qwen35,qwen35moe"; // Qwen3-VL and Qwen3.5 share the encoder
 
 const layout_entry LAYOUTS[] = {
-    { PROJECTOR_TYPE_MLP,        "LLaVA-1.5, BakLLaVA, ShareGPT4V, Granite Vision", grid_rule::square,     nullptr,   false, nullptr },
+    { PROJECTOR_TYPE_MLP,        "LLaVA-1.5, LLaVA-1.6 (tiled), BakLLaVA, ShareGPT4V, Granite Vision 3.x (tiled)", grid_rule::square,     nullptr,   false, nullptr },
     { PROJECTOR_TYPE_MLP_NORM,   "Yi-VL (an mlp mmproj with a projector norm)",                                     grid_rule::square,     nullptr,   false, nullptr },
     { PROJECTOR_TYPE_LDP,        "MobileVLM",                                   grid_rule::square,     nullptr,   false, nullptr },
     { PROJECTOR_TYPE_LDPV2,      "MobileVLM V2",                                grid_rule::square,     nullptr,   false, nullptr },
@@ -54,12 +57,14 @@ const layout_entry LAYOUTS[] = {
     { PROJECTOR_TYPE_PIXTRAL,    "Pixtral, Mistral Small 3.x",                  grid_rule::row_breaks, nullptr,   false, nullptr },
     { PROJECTOR_TYPE_LIGHTONOCR, "LightOnOCR",                                  grid_rule::row_breaks, nullptr,   false, nullptr },
 
-    { PROJECTOR_TYPE_IDEFICS3,   "SmolVLM, Idefics3",     grid_rule::declined, nullptr, false, "a picture is an overview and tiles in separate chunks with text markers between them (tiled pictures are not handled yet)" },
-    { PROJECTOR_TYPE_INTERNVL,   "InternVL 2.5/3",        grid_rule::declined, nullptr, false, "a picture is an overview and tiles in separate chunks (tiled pictures are not handled yet)" },
-    { PROJECTOR_TYPE_LFM2,       "LFM2-VL",               grid_rule::declined, "lfm2,lfm2moe", false, "a picture is an overview and tiles in separate chunks (tiled pictures are not handled yet)" },
-    { PROJECTOR_TYPE_MINICPMV,   "MiniCPM-V 2.5/2.6/4, MiniCPM-o", grid_rule::declined, nullptr, false, "the image tokens are resampler queries, not cells of a spatial grid" },
-    { PROJECTOR_TYPE_MINICPMV4_6,"MiniCPM-V 4.6",         grid_rule::declined, nullptr, false, "a picture is an overview and slices in separate chunks (tiled pictures are not handled yet)" },
-    { PROJECTOR_TYPE_LLAMA4,     "Llama 4",               grid_rule::declined, "llama4", false, "a picture is tiles and an overview in separate chunks, each in a pixel-shuffled order (not handled yet)" },
+    // tiled families: every tile and the overview is its own chunk (one entry each), pruned on its own grid with its
+    // share of the picture's budget (mtmd_topv_chunk_budget)
+    { PROJECTOR_TYPE_IDEFICS3,   "SmolVLM, SmolVLM2, Idefics3", grid_rule::square, nullptr, false, nullptr },
+    { PROJECTOR_TYPE_INTERNVL,   "InternVL 2.5/3",        grid_rule::square,     nullptr, false, nullptr },
+    { PROJECTOR_TYPE_LFM2,       "LFM2-VL",               grid_rule::aligned_entry_grid, "lfm2,lfm2moe", false, nullptr },
+    { PROJECTOR_TYPE_MINICPMV,   "MiniCPM-V 2.5/2.6/4, MiniCPM-o", grid_rule::queries, nullptr, false, nullptr },
+    { PROJECTOR_TYPE_MINICPMV4_6,"MiniCPM-V 4.6",         grid_rule::declined, nullptr, false, "its slices are merged patch grids (not resampler queries as in MiniCPM-V 2.x) whose order no test model checks yet" },
+    { PROJECTOR_TYPE_LLAMA4,     "Llama 4",               grid_rule::declined, "llama4", false, "its tiles are pixel-shuffled in a transposed (column-major) order by our reading of models/llama4.cpp, which no test model checks yet" },
     { PROJECTOR_TYPE_GLM_EDGE,   "GLM-Edge-V",            grid_rule::declined, nullptr, false, "begin/end embeddings inside the image are not handled yet" },
     { PROJECTOR_TYPE_COGVLM,     "CogVLM",                grid_rule::declined, nullptr, false, "begin/end embeddings inside the image are not handled yet" },
     { PROJECTOR_TYPE_HUNYUANVL,  "HunyuanVL",             grid_rule::declined, nullptr, false, "begin, row newline and end embeddings inside the image, with their own XD-RoPE positions, are not handled yet" },
@@ -67,7 +72,7 @@ const layout_entry LAYOUTS[] = {
     { PROJECTOR_TYPE_DEEPSEEKOCR2,"DeepSeek-OCR 2",       grid_rule::declined, nullptr, false, "newline and view-separator embeddings inside the image are not handled yet" },
     { PROJECTOR_TYPE_DEEPSEEK4V, "DeepSeek 4 V",          grid_rule::declined, nullptr, false, "image tokens are padded and grouped into compression blocks, not a plain grid" },
     { PROJECTOR_TYPE_GRANITE4_VISION, "Granite 4 Vision", grid_rule::declined, nullptr, false, "overview and tiles in one chunk with newline embeddings and deepstack rows are not handled yet" },
-    { PROJECTOR_TYPE_STEP3VL,    "Step3-VL",              grid_rule::declined, nullptr, false, "a picture is patches and an overview in separate chunks with text markers (tiled pictures are not handled yet)" },
+    { PROJECTOR_TYPE_STEP3VL,    "Step3-VL",              grid_rule::declined, nullptr, false, "its patch chunks and overview (with start/end/newline text) have no test model to check their grids yet" },
     { PROJECTOR_TYPE_KIMIVL,     "Kimi-VL",               grid_rule::declined, nullptr, false, "its dynamic grid (aligned to the merge size, pixel-unshuffled) is not described by the table yet" },
     { PROJECTOR_TYPE_KIMIK25,    "Kimi K2.5, GLM-5.2-V",  grid_rule::declined, nullptr, false, "its dynamic grid (aligned to the merge size, pixel-unshuffled) is not described by the table yet" },
     { PROJECTOR_TYPE_PHI4,       "Phi-4 multimodal",      grid_rule::declined, nullptr, false, "its dynamic grid is not described by the table yet" },
@@ -79,7 +84,7 @@ const layout_entry LAYOUTS[] = {
     { PROJECTOR_TYPE_JANUS_PRO,  "Janus-Pro",             grid_rule::declined, nullptr, false, "not described by the table yet (no test model)" },
     { PROJECTOR_TYPE_LING3VL,    "Ling 3 VL",             grid_rule::declined, nullptr, false, "not described by the table yet (no test model)" },
     { PROJECTOR_TYPE_YOUTUVL,    "Youtu-VL",              grid_rule::declined, nullptr, false, "not described by the table yet (no test model)" },
-    { PROJECTOR_TYPE_NEMOTRON_V2_VL, "Nemotron Nano VL",  grid_rule::declined, nullptr, false, "a picture is tiles in separate chunks (tiled pictures are not handled yet)" },
+    { PROJECTOR_TYPE_NEMOTRON_V2_VL, "Nemotron Nano VL",  grid_rule::declined, nullptr, false, "its tiles have no test model to check their grid yet" },
     { PROJECTOR_TYPE_EXAONE4_5,  "EXAONE 4.5",            grid_rule::declined, nullptr, false, "not described by the table yet (no test model)" },
     { PROJECTOR_TYPE_MIMOVL,     "MiMo-VL",               grid_rule::declined, nullptr, false, "not described by the table yet (no test model)" },
     { PROJECTOR_TYPE_DOTS3NOTE_V,"dots3note",             grid_rule::declined, nullptr, false, "not described by the table yet (no test model)" },
@@ -183,6 +188,11 @@ const char * target_node_of(const std::string & arch) {
     if (arch == "qwen35" || arch == "qwen35moe") {
         return "attn_post_norm"; // src/models/qwen35*.cpp: the norm before the FFN, after the attention / delta net
     }
+    if (arch == "lfm2" || arch == "lfm2moe") {
+        // src/models/lfm2.cpp names the FFN norm's output "model.layers.{}.ffn_norm" and then, by a second cb() on
+        // the same tensor, "model.layers.{}.ffn_out": the last name is the one the scheduler sees
+        return "model.layers.{}.ffn_out";
+    }
     return "ffn_norm";
 }
 
@@ -234,6 +244,9 @@ bool mtmd_topv_resolve_layout(const mtmd_context * ctx, const mtmd_image_tokens 
     out->target_node = target_node_of(arch_buf);
     out->recurrent   = llama_model_is_recurrent(model) || llama_model_is_hybrid(model);
 
+    out->place   = f.place;
+    out->spatial = e->grid != grid_rule::queries;
+
     const uint32_t n = f.n_tokens;
     if (f.pos_type != (e->mrope ? 1 : 0)) { // mtmd's position types: 0 ordinary, 1 M-RoPE, 2 HunyuanVL
         return decline(reason, "projector '" + name + "': expected " + (e->mrope ? "M-RoPE" : "ordinary") + " positions");
@@ -255,7 +268,8 @@ bool mtmd_topv_resolve_layout(const mtmd_context * ctx, const mtmd_image_tokens 
             // and drops the first patch: not a grid. patches/10 puts it first (the output rows are then the
             // patches in grid order) and defines CLIP_TOPV_CLASS_TOKEN_FIRST; without it the entry declines.
 #ifndef CLIP_TOPV_CLASS_TOKEN_FIRST
-            if (vm->class_embedding != nullptr) {
+            // (InternVL's graph appends its class token after the patches and cuts it off again: not affected)
+            if (vm->class_embedding != nullptr && f.proj_type != PROJECTOR_TYPE_INTERNVL) {
                 return decline(reason, "projector '" + name + "': a vision tower with a class embedding (this llama.cpp "
                                        "puts the class token after the patches, so the tokens are not a grid)");
             }
@@ -293,6 +307,27 @@ bool mtmd_topv_resolve_layout(const mtmd_context * ctx, const mtmd_image_tokens 
             strided_grid(out, ew, eh, breaks ? ew + 1 : ew);
             return true;
         }
+        case grid_rule::aligned_entry_grid: {
+            // LFM2-VL: pixel-unshuffled patches of the tile or of the dynamic-size picture, rounded up to whole tokens
+            // (clip.cpp clip_n_output_tokens, CLIP_ALIGN), x fastest (models/lfm2.cpp)
+            const int32_t aw = cell > 0 ? (f.entry_nx + cell - 1) / cell : 0;
+            const int32_t ah = cell > 0 ? (f.entry_ny + cell - 1) / cell : 0;
+            if (aw < 1 || ah < 1 || (uint32_t) (aw * ah) != n) {
+                return decline(reason, "projector '" + name + "': " + std::to_string(n) + " tokens are not the " +
+                                       std::to_string(aw) + " x " + std::to_string(ah) + " grid of a " +
+                                       std::to_string(f.entry_nx) + " x " + std::to_string(f.entry_ny) + " picture");
+            }
+            strided_grid(out, aw, ah, aw);
+            return true;
+        }
+        case grid_rule::queries:
+            // MiniCPM-V: the resampler's learned queries, each attending to the whole slice: no cells, so no spatial
+            // costs; a 1-row grid in query order
+            if (n < 1) {
+                return decline(reason, "projector '" + name + "': an empty chunk");
+            }
+            strided_grid(out, (int32_t) n, 1, (int32_t) n);
+            return true;
         case grid_rule::declined:
             break;
     }
@@ -366,12 +401,20 @@ int32_t mtmd_topv_check_model(const mtmd_context * ctx, const llama_model * mode
 namespace {
 const char * grid_phrase(const layout_entry & e) {
     switch (e.grid) {
-        case grid_rule::square:     return e.proj == PROJECTOR_TYPE_GEMMA3 ? "square pooled grid, non-causal image attention"
-                                                                          : "square grid of patches (class token dropped by the encoder)";
+        case grid_rule::square:
+            switch (e.proj) {
+                case PROJECTOR_TYPE_GEMMA3:   return "square pooled grid, non-causal image attention";
+                case PROJECTOR_TYPE_IDEFICS3: return "tiles and an overview, each a pixel-shuffled square grid, one budget per picture";
+                case PROJECTOR_TYPE_INTERNVL: return "tiles and a thumbnail, each a pixel-shuffled square grid, one budget per picture";
+                case PROJECTOR_TYPE_MLP:      return "square grid of patches (class token dropped by the encoder); anyres tiles and overview share one budget";
+                default:                      return "square grid of patches (class token dropped by the encoder)";
+            }
         case grid_rule::mrope_nxny: return e.proj == PROJECTOR_TYPE_QWEN3VL ? "M-RoPE nx x ny merged grid; deepstack rows; hybrid memory (Qwen3.5)"
                                                                            : "M-RoPE nx x ny merged grid";
         case grid_rule::entry_grid: return "dynamic grid from the picture's size, non-causal image attention (but E2B/E4B)";
         case grid_rule::row_breaks: return "dynamic grid from the picture's size, [IMG_BREAK] after each row kept";
+        case grid_rule::aligned_entry_grid: return "tiles and a thumbnail (or one dynamic grid), one budget per picture; hybrid memory";
+        case grid_rule::queries:    return "overview and slices of resampler queries (no spatial terms), one budget per picture";
         case grid_rule::declined:   return "";
     }
     return "";

@@ -32,6 +32,7 @@ struct mtmd_topv_params mtmd_topv_default_params(void) {
     p.layer      = 0; // with the default method (divprune) no probe runs at all (docs/pass.md, "Decision")
     p.pass       = topv_default_params();
     p.renumber_positions = false;
+    p.overview_weight = INFINITY; // tiled pictures: the overview whole, the tiles share the rest (docs/tiled.md)
     return p;
 }
 
@@ -43,7 +44,7 @@ int32_t mtmd_topv_set_params(mtmd_context * ctx, const mtmd_topv_params * params
     if (params->keep_count < 0 || (params->keep_count == 0 && !ratio_ok)) {
         return TOPV_STATUS_BAD_KEEP;
     }
-    if (params->layer < 0) {
+    if (params->layer < 0 || !(params->overview_weight > 0.0f)) { // a weight of NaN fails too; INFINITY keeps the overview whole
         return TOPV_STATUS_BAD_PARAM;
     }
     const int32_t st = topv_check_params(params->pass);
@@ -115,6 +116,118 @@ const char * mtmd_topv_result_string(int32_t result) {
     }
 }
 
+const char * mtmd_topv_chunk_role_name(int32_t role) {
+    switch (role) {
+        case MTMD_TOPV_CHUNK_SINGLE:   return "single";
+        case MTMD_TOPV_CHUNK_OVERVIEW: return "overview";
+        case MTMD_TOPV_CHUNK_TILE:     return "tile";
+        default:                       return "unknown";
+    }
+}
+
+//
+// tiled pictures: where each chunk sits, and its share of the picture's budget
+//
+
+void mtmd_topv_place_picture(mtmd_topv_picture_place * const * places, const uint32_t * n_tokens, size_t n_chunks,
+                             int32_t tiles_x, int32_t tiles_y, bool overview_first, int32_t picture) {
+    if (!places || !n_tokens || n_chunks == 0) {
+        return;
+    }
+    int32_t total = 0;
+    for (size_t i = 0; i < n_chunks; i++) {
+        total += (int32_t) n_tokens[i];
+    }
+    const size_t n_tiles = (size_t) std::max(0, tiles_x) * (size_t) std::max(0, tiles_y);
+    // an overview and its tiles; anything else (an overview alone: a picture too small to tile) is a single chunk
+    // each, with a budget of its own
+    const bool tiled = n_chunks >= 2 && n_chunks == n_tiles + 1;
+    const size_t ov  = overview_first ? 0 : n_chunks - 1;
+    int32_t tiles_before = 0;
+    size_t  t = 0;
+    for (size_t i = 0; i < n_chunks; i++) {
+        mtmd_topv_picture_place & p = *places[i];
+        p = mtmd_topv_picture_place{};
+        p.picture = picture;
+        if (!tiled) {
+            p.n_picture_tokens = (int32_t) n_tokens[i];
+            continue;
+        }
+        p.index             = (int32_t) i;
+        p.n_chunks          = (int32_t) n_chunks;
+        p.n_picture_tokens  = total;
+        p.tiles_x           = tiles_x;
+        p.tiles_y           = tiles_y;
+        p.n_overview_tokens = (int32_t) n_tokens[ov];
+        if (i == ov) {
+            p.role = MTMD_TOPV_CHUNK_OVERVIEW;
+        } else {
+            p.role   = MTMD_TOPV_CHUNK_TILE;
+            p.tile_x = (int32_t) (t % (size_t) tiles_x);
+            p.tile_y = (int32_t) (t / (size_t) tiles_x);
+            p.n_tile_tokens_before = tiles_before;
+            tiles_before += (int32_t) n_tokens[i];
+            t++;
+        }
+    }
+}
+
+// round(a * b / c), half up, for a, b, c >= 0 and c > 0
+static int64_t topv_mul_div_round(int64_t a, int64_t b, int64_t c) {
+    return (2 * a * b + c) / (2 * c);
+}
+
+int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & prm, const mtmd_topv_chunk_layout & layout) {
+    const int64_t n_grid = (int64_t) layout.grid_tokens.size();
+    auto keep_of = [&](int64_t n) {
+        return prm.keep_count > 0 ? std::min<int64_t>(prm.keep_count, n) : topv_keep_count(n, prm.keep_ratio);
+    };
+    const mtmd_topv_picture_place & pl = layout.place;
+    if (pl.role == MTMD_TOPV_CHUNK_SINGLE || pl.n_chunks < 2 || pl.n_picture_tokens < 1 || n_grid < 1) {
+        return keep_of(n_grid);
+    }
+    // one budget for the picture: the overview gets its tokens' weighted share (at least one token), the tiles
+    // split the rest in proportion to their tokens; cumulative rounding makes the tiles' shares add up exactly
+    const int64_t n_all  = pl.n_picture_tokens;
+    const int64_t n_ov   = pl.n_overview_tokens;
+    const int64_t n_tile = n_all - n_ov;
+    const int64_t budget = keep_of(n_all);
+    int64_t k_ov = 0;
+    if (n_ov > 0) {
+        const double w     = prm.overview_weight;
+        const double share = std::isinf(w) || n_tile == 0 ? 1.0 : w * (double) n_ov / (w * (double) n_ov + (double) n_tile);
+        k_ov = std::min(std::max<int64_t>(std::llround((double) budget * share), 1), std::min(n_ov, budget));
+    }
+    int64_t k;
+    if (pl.role == MTMD_TOPV_CHUNK_OVERVIEW) {
+        k = k_ov;
+    } else {
+        const int64_t rest   = std::max<int64_t>(budget - k_ov, 0);
+        const int64_t n_self = n_grid + (int64_t) layout.always_kept.size();
+        const int64_t before = pl.n_tile_tokens_before;
+        k = n_tile > 0 ? topv_mul_div_round(rest, before + n_self, n_tile) - topv_mul_div_round(rest, before, n_tile) : 0;
+    }
+    return std::min(std::max<int64_t>(k, 1), n_grid); // every chunk keeps at least one token
+}
+
+int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const llama_model * model, const mtmd_input_chunk * chunk) {
+    if (!ctx || !chunk || mtmd_input_chunk_get_type(chunk) != MTMD_INPUT_CHUNK_TYPE_IMAGE) {
+        return -1;
+    }
+    const int32_t n_tokens = (int32_t) mtmd_input_chunk_get_n_tokens(chunk);
+    const mtmd_topv_params & prm = mtmd_topv_state_of(ctx)->params;
+    const mtmd_image_tokens * img = mtmd_input_chunk_get_tokens_image(chunk);
+    mtmd_topv_chunk_layout layout;
+    if (!prm.enabled || !model || !img || !mtmd_topv_resolve_layout(ctx, img, model, &layout, nullptr)) {
+        return n_tokens;
+    }
+    const int64_t k = mtmd_topv_chunk_budget(prm, layout);
+    if (k < 1 || k >= (int64_t) layout.grid_tokens.size()) {
+        return n_tokens;
+    }
+    return (int32_t) k + (int32_t) layout.always_kept.size();
+}
+
 struct mtmd_topv_stats mtmd_topv_get_stats(const mtmd_context * ctx) {
     return ctx ? mtmd_topv_state_of(ctx)->stats : mtmd_topv_stats{};
 }
@@ -132,12 +245,20 @@ const char * mtmd_topv_format_stats(const mtmd_context * ctx, char * buf, size_t
         return buf;
     }
     const mtmd_topv_stats s = mtmd_topv_get_stats(ctx);
+    char where[96] = "image";
+    if (s.role == MTMD_TOPV_CHUNK_TILE) {
+        snprintf(where, sizeof(where), "tile (%d, %d) of %dx%d, chunk %d/%d of a %d-token picture,", s.tile_x, s.tile_y,
+                 s.tiles_x, s.tiles_y, s.chunk_index + 1, s.n_chunks, s.n_picture_tokens);
+    } else if (s.role == MTMD_TOPV_CHUNK_OVERVIEW) {
+        snprintf(where, sizeof(where), "overview, chunk %d/%d of a %d-token picture,", s.chunk_index + 1, s.n_chunks,
+                 s.n_picture_tokens);
+    }
     if (s.result == MTMD_TOPV_PRUNED) {
-        snprintf(buf, size, "topv: image %dx%d: %d tokens -> %d kept (layer %d), probe %.1f ms, pass %.1f ms, decode %.1f ms",
-                 s.grid_w, s.grid_h, s.n_tokens, s.n_kept, mtmd_topv_get_params(ctx).layer, s.probe_ms, s.pass_ms, s.decode_ms);
+        snprintf(buf, size, "topv: %s %dx%d: %d tokens -> %d kept (layer %d), probe %.1f ms, pass %.1f ms, decode %.1f ms",
+                 where, s.grid_w, s.grid_h, s.n_tokens, s.n_kept, mtmd_topv_get_params(ctx).layer, s.probe_ms, s.pass_ms, s.decode_ms);
     } else {
-        snprintf(buf, size, "topv: image of %d tokens decoded unpruned (%s), decode %.1f ms",
-                 s.n_tokens, mtmd_topv_get_reason(ctx), s.decode_ms);
+        snprintf(buf, size, "topv: %s of %d tokens decoded unpruned (%s), decode %.1f ms",
+                 where, s.n_tokens, mtmd_topv_get_reason(ctx), s.decode_ms);
     }
     return buf;
 }
@@ -293,6 +414,26 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
 
     st.stats = {};
     st.stats.probe_max_layer = -1;
+    st.stats.picture = -1;
+    st.stats.tile_x  = -1;
+    st.stats.tile_y  = -1;
+    st.stats.n_chunks = 1;
+    st.stats.n_picture_tokens = n_tokens;
+    if (const mtmd_image_tokens * img = mtmd_input_chunk_get_tokens_image(chunk)) {
+        mtmd_topv_image_facts facts{};
+        if (mtmd_topv_image_facts_of(ctx, img, &facts)) { // where the chunk sits, also when it is not pruned
+            const mtmd_topv_picture_place & pl = facts.place;
+            st.stats.picture = pl.picture;
+            st.stats.role    = pl.role;
+            st.stats.tile_x  = pl.tile_x;
+            st.stats.tile_y  = pl.tile_y;
+            st.stats.tiles_x = pl.tiles_x;
+            st.stats.tiles_y = pl.tiles_y;
+            st.stats.chunk_index = pl.index;
+            st.stats.n_chunks    = pl.n_chunks;
+            st.stats.n_picture_tokens = pl.n_picture_tokens > 0 ? pl.n_picture_tokens : n_tokens;
+        }
+    }
     st.stats.n_tokens = n_tokens;
     st.stats.n_kept   = n_tokens;
     st.stats.n_embd   = n_embd;
@@ -321,15 +462,17 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     st.stats.n_grid = (int32_t) layout.grid_tokens.size();
     st.stats.n_always_kept = (int32_t) layout.always_kept.size();
 
-    // keep applies to the grid tokens; structural tokens are kept on top of it
+    // keep applies to the grid tokens of the picture (a tiled picture's chunks share its budget); structural tokens
+    // are kept on top of it
     const int32_t n_grid = (int32_t) layout.grid_tokens.size();
-    const int64_t k = prm.keep_count > 0 ? std::min<int64_t>(prm.keep_count, n_grid)
-                                         : topv_keep_count(n_grid, prm.keep_ratio);
+    const int64_t k = mtmd_topv_chunk_budget(prm, layout);
+    st.stats.n_budget = (int32_t) std::max<int64_t>(k, 0);
     if (k < 1) {
         return decline(MTMD_TOPV_PASS_FAILED, "the keep count is below one token");
     }
-    if (k >= n_grid) {
-        return decline(MTMD_TOPV_KEEP_ALL); // nothing to prune: the stock path, bit for bit
+    if (k >= n_grid) { // nothing to prune: the stock path, bit for bit
+        return decline(MTMD_TOPV_KEEP_ALL, layout.place.role == MTMD_TOPV_CHUNK_SINGLE ? "" :
+                       "its share of the picture's budget covers all " + std::to_string(n_grid) + " tokens");
     }
     if (prm.layer >= n_layer - 1) {
         return decline(MTMD_TOPV_LAYER_OUT_OF_RANGE, "the TopV layer " + std::to_string(prm.layer) +
@@ -430,8 +573,13 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     }
     st.grid_kept.resize((size_t) k);
     st.scores.resize(n_grid);
+    topv_params pass = prm.pass;
+    if (!layout.spatial) { // resampler queries are no picture cells: no spatial or central-distance cost
+        pass.beta  = 0.0f;
+        pass.gamma = 0.0f;
+    }
     const int32_t pass_ret = topv_select(st.source.data(), probed ? st.target.data() : nullptr, n_grid, n_embd, layout.pos_x.data(),
-                                         layout.pos_y.data(), layout.grid_w, layout.grid_h, k, prm.pass,
+                                         layout.pos_y.data(), layout.grid_w, layout.grid_h, k, pass,
                                          st.grid_kept.data(), st.scores.data());
     st.stats.pass_ms = topv_ms_since(t_pass);
     if (pass_ret != TOPV_STATUS_OK) {

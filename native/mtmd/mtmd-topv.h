@@ -25,13 +25,25 @@ extern "C" {
 
 struct mtmd_topv_params {
     bool    enabled;    // false: the stock decode path
-    float   keep_ratio; // fraction of each image's tokens to keep, in (0, 1]; used when keep_count == 0
-    int32_t keep_count; // > 0: keep this many tokens of each image (at most all of them)
+    float   keep_ratio; // fraction of each picture's tokens to keep, in (0, 1]; used when keep_count == 0
+    int32_t keep_count; // > 0: keep this many tokens of each picture (at most all of them)
     int32_t layer;      // Li: compare the input of layer Li with its post-attention norm output (0 <= Li < n_layer - 1)
     struct topv_params pass; // the pass parameters and method, topv_default_params()
     // diagnostic only (how much do original positions matter?): decode the kept tokens at consecutive
     // positions and let the text follow them, as a naive pruner would; ignored by M-RoPE models
     bool    renumber_positions;
+    // tiled pictures (an overview and tiles, each its own chunk): keep applies to the whole picture, and its budget
+    // is spread over the chunks in proportion to their tokens, the overview's counted this many times (> 0; 1: every
+    // chunk the same ratio; INFINITY, the default: the overview whole when the budget allows, the tiles share the
+    // rest; docs/tiled.md)
+    float   overview_weight;
+};
+
+// where an image chunk sits in its picture
+enum mtmd_topv_chunk_role {
+    MTMD_TOPV_CHUNK_SINGLE   = 0, // the picture is this one chunk
+    MTMD_TOPV_CHUNK_OVERVIEW = 1, // the downscaled whole picture of a tiled picture (thumbnail, global image)
+    MTMD_TOPV_CHUNK_TILE     = 2, // one tile (slice) of a tiled picture
 };
 
 enum mtmd_topv_result {
@@ -61,6 +73,15 @@ struct mtmd_topv_stats {
     int32_t probe_max_layer;
     int32_t n_grid;        // the image's grid tokens (what keep applies to; scores and features have this many rows)
     int32_t n_always_kept; // structural tokens inside the chunk, kept on top of the grid's (Pixtral's [IMG_BREAK])
+    // the chunk's place in its picture (tiled pictures have several chunks, each decoded and reported on its own)
+    int32_t picture;          // the picture's index among the prompt's pictures (-1: unknown)
+    int32_t role;             // enum mtmd_topv_chunk_role
+    int32_t tile_x, tile_y;   // the tile's column and row (-1 unless role is TILE)
+    int32_t tiles_x, tiles_y; // the picture's grid of tiles (0 x 0 for a single chunk)
+    int32_t chunk_index;      // the chunk among the picture's image chunks, in decode order
+    int32_t n_chunks;         // image chunks of the picture
+    int32_t n_picture_tokens; // image tokens of the whole picture (what keep applies to)
+    int32_t n_budget;         // grid tokens this chunk was given of the picture's budget (0 when not pruning)
 };
 
 MTMD_API struct mtmd_topv_params mtmd_topv_default_params(void);
@@ -74,6 +95,13 @@ MTMD_API struct mtmd_topv_params mtmd_topv_get_params(const mtmd_context * ctx);
 MTMD_API int32_t mtmd_topv_enable(mtmd_context * ctx, const struct llama_model * model, float keep_ratio,
                                   int32_t keep_count, int32_t layer, const char * method);
 MTMD_API const char * mtmd_topv_result_string(int32_t result);
+// "single", "overview", "tile" (a mtmd_topv_chunk_role), "unknown" otherwise
+MTMD_API const char * mtmd_topv_chunk_role_name(int32_t role);
+// the tokens the stage will decode for this image chunk with the current parameters (its share of the picture's
+// budget plus its structural tokens), or all of them when it would not prune it; -1 for a chunk that is not an
+// image. For callers that size the KV cache before decoding (the probe still needs the whole chunk for a moment).
+MTMD_API int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const struct llama_model * model,
+                                        const mtmd_input_chunk * chunk);
 MTMD_API struct mtmd_topv_stats mtmd_topv_get_stats(const mtmd_context * ctx);
 // the sentence that explains the last image's result (the layout table's reason when it declined), never NULL
 MTMD_API const char * mtmd_topv_get_reason(const mtmd_context * ctx);
