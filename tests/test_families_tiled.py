@@ -484,3 +484,16 @@ def test_pruned_tiled_picture_equals_a_decode_of_the_kept_rows_alone(tiled_model
         # (the convolution state holds the last few inputs only: after the closing text it is the same either way)
         assert [r["state"] for r in records] == manual_states
         assert manual_states != full_states
+
+
+def test_viz_says_it_draws_single_chunk_pictures_only(tiled_models_dir, libs, tmp_path_factory, tmp_path):
+    import sys
+
+    family = "smolvlm" if "smolvlm" in TILED else TILED[0]
+    model, mmproj = pair_paths(family, "tiny", tiled_models_dir)
+    r = subprocess.run([sys.executable, "-m", "topv_edge.viz", str(model), str(big_picture(tmp_path_factory, family)),
+                        "--mmproj", str(mmproj), "-o", str(tmp_path / "kept.png"), "--threads", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    n = len(EXPECTED[family])
+    assert f"made {n} image chunks of the picture (an overview and {n - 1} tiles)" in r.stderr, r.stderr

@@ -343,14 +343,7 @@ def _internvl_chunks(cfg: VisionConfig, width: int, height: int) -> list[Picture
     t = cfg.image_size
     if not (width > t or height > t):
         return _tile_chunks(cfg, 0, 0)
-    best, best_eff, best_waste = (0, 0), 0, 2 ** 31 - 1
-    for cw, ch in _internvl_candidates(cfg):
-        scale = min(np.float32(cw) / np.float32(width), np.float32(ch) / np.float32(height))
-        tw, th = int(np.float32(width) * scale), int(np.float32(height) * scale)
-        eff = min(tw * th, width * height)
-        waste = cw * ch - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (cw, ch), eff, waste
+    best = _uhd_select_best_resolution(width, height, _internvl_candidates(cfg))
     return _tile_chunks(cfg, best[0] // t, best[1] // t)
 
 

@@ -166,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         check_output(heatmap, "--heatmap")
         options = TopVOptions(keep=args.keep, layer=args.layer, method=args.method)
         with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1) as chat:
-            (report,), _, _ = chat.add_user_message("Describe the picture.", [args.image])
+            reports, _, _ = chat.add_user_message("Describe the picture.", [args.image])
+            if len(reports) != 1:  # the kept cells of tiles cut from a resized copy: not drawn on the picture yet
+                raise ChatError(f"this model made {len(reports)} image chunks of the picture (an overview and "
+                                f"{sum(r.role == 'tile' for r in reports)} tiles); the viz draws pictures of one chunk "
+                                "only: give a picture small enough not to be tiled, or see what each chunk kept with "
+                                "python -m topv_edge.chat ... --json")
+            (report,) = reports
             selection = chat.last_selection()
             if selection is None:
                 raise ChatError(f"the image was not pruned: {report.note}")
