@@ -49,11 +49,14 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
         for _ in range(repeats + 1):  # the first run warms caches and allocations: not counted
             chat.reset()
             answer, rep = chat.ask(QUESTION, [picture])  # greedy: the same answer every run, compared across backends
-            (im,) = rep.images
-            runs.append({"encode_ms": im.encode_ms, "probe_ms": im.probe_ms, "pass_ms": im.pass_ms,
-                         "decode_ms": im.decode_ms, "image_prefill_ms": im.probe_ms + im.pass_ms + im.decode_ms,
+            ims = rep.images  # one chunk, or a tiled picture's overview and tiles: their sums
+            total = {k: sum(getattr(im, k) for im in ims) for k in ("encode_ms", "probe_ms", "pass_ms", "decode_ms")}
+            runs.append({**total, "image_prefill_ms": total["probe_ms"] + total["pass_ms"] + total["decode_ms"],
                          "ttft_ms": rep.ttft_ms, "kv_cells": rep.kv_cells - rep.generated_tokens,
-                         "image_tokens": im.n_tokens, "kept_tokens": im.n_kept, "pruned": im.pruned})
+                         "image_tokens": sum(im.n_tokens for im in ims), "kept_tokens": sum(im.n_kept for im in ims),
+                         "chunks": len(ims),
+                         # a tiled picture's overview kept whole by the budget rule counts as pruned with it
+                         "pruned": any(im.pruned for im in ims) and all(im.pruned or im.kept_whole for im in ims)})
         device = chat.devices()
     runs = runs[1:]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "pruned"}
@@ -99,13 +102,19 @@ RATIO_KEYS = ("image_prefill_ms", "ttft_ms", "kv_cells", "peak_rss_mb")
 
 def bench_presets() -> dict:
     """Presets of this benchmark only: llava:16l, a 16-layer llama (n_embd 512) behind a small ViT at 336 px
-    (576 image tokens): the depth of a 1B model at a fraction of its cost, for slow devices (Mesa's llvmpipe)."""
+    (576 image tokens): the depth of a 1B model at a fraction of its cost, for slow devices (Mesa's llvmpipe);
+    llava16:16l, the same tiled as LLaVA-1.6 (a tiled picture)."""
+    from dataclasses import replace
+
     from topv_edge.synthetic import ModelConfig, TextConfig, VisionConfig
 
-    return {("llava", "16l"): ModelConfig(
-        "llava", TextConfig(n_embd=512, n_ff=1408, n_layer=16, n_head=8, n_head_kv=4),
-        VisionConfig(image_size=336, patch_size=14, n_embd=128, n_ff=320, n_layer=2, n_head=4, proj_hidden=512),
-        dtype="f16")}
+    text = TextConfig(n_embd=512, n_ff=1408, n_layer=16, n_head=8, n_head_kv=4)
+    vision = VisionConfig(image_size=336, patch_size=14, n_embd=128, n_ff=320, n_layer=2, n_head=4, proj_hidden=512)
+    return {("llava", "16l"): ModelConfig("llava", text, vision, dtype="f16"),
+            # the same with LLaVA-1.6's anyres pinpoints (336 x 672, 672 x 336, 672 x 672): the 448 px picture
+            # becomes 2 x 2 tiles and the overview, 5 x 576 = 2880 image tokens (a tiled picture's prefill)
+            ("llava16", "16l"): ModelConfig("llava16", text, replace(vision, grid_pinpoints=(336, 672, 672, 336, 672, 672)),
+                                            dtype="f16")}
 
 
 def main() -> int:
