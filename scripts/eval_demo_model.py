@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 from topv_edge import demo_data, scenes_data  # noqa: E402
 from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL  # noqa: E402
 from topv_edge.eval import evaluate, read_items  # noqa: E402
-from topv_edge.pruning import METHODS, READOUTS, default_params  # noqa: E402
+from topv_edge._native import method_reads  # noqa: E402
+from topv_edge.pruning import DEFAULT_LAYER, METHODS, READOUTS, default_params  # noqa: E402
 from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2
@@ -52,7 +53,8 @@ DATASETS = {
 EVAL_DIR = REPO / "build" / "eval"  # the splits, written on first use (shared with train_demo_vlm.py)
 SWEEP_KEEPS = (0.25, 0.11)
 REPORT_KEEPS = (0.5, 0.25, 0.11, 0.05)
-FEATURELESS = ("uniform", "uniform2d")  # the probe layer cannot change what they keep
+# methods that read no features (topv_method_reads): the probe layer cannot change what they keep
+FEATURELESS = tuple(m for m, v in METHODS.items() if method_reads(v) == 0)
 PARAM_GRID = {  # around the defaults; the values the read-out is most sensitive to (docs/pass.md)
     "recover": [0.0, 0.5],
     "beta": [0.0, 1.0],
@@ -71,20 +73,26 @@ class Runner:
         if path.is_file() and not fresh:
             self.cache = json.loads(path.read_text()).get("runs", {})
 
-    def run(self, method: str | None, keep: float = 1.0, layer: int = 0, **params) -> dict:
+    def run(self, method: str | None, keep: float = 1.0, layer: int = 0, options: dict | None = None,
+            **params) -> dict:
+        """One configuration (None: unpruned); `options` are further TopVOptions (e.g. overview_weight), `params`
+        the pass's."""
         # for the transport read-outs the key holds every parameter's value (the defaults filled in), so a
-        # cached result of older defaults is never taken for the current ones; the baselines read none
+        # cached result of older defaults is never taken for the current ones; the baselines read none. The
+        # question count is in it too: a run on fewer questions is never taken for one on more
         full = {**default_params(), **params} if method in READOUTS else params
-        key = json.dumps([method, keep, layer, sorted(full.items())], default=str)
+        key = json.dumps([method, keep, layer, sorted(full.items()), len(self.items)]
+                         + ([sorted(options.items())] if options else []), default=str)
         if key not in self.cache:
             t0 = time.perf_counter()
             opts = (TopVOptions(enabled=False) if method is None
-                    else TopVOptions(keep=keep, layer=layer, method=method, params=params))
+                    else TopVOptions(keep=keep, layer=layer, method=method, params=params, **(options or {})))
             r = evaluate(self.chat, self.items, opts)
             self.cache[key] = {"method": method or "none", "keep": keep, "layer": None if method is None else layer,
-                               "params": params, "accuracy": r["accuracy"], "n": r["n"], "per_kind": r["per_kind"],
-                               "kept_tokens": r["kept_tokens"], "seconds": time.perf_counter() - t0}
-            print(f"  {method or 'none':<12} keep {keep:<5g} layer {layer} {params or ''}: "
+                               "params": params, "options": options or {}, "accuracy": r["accuracy"], "n": r["n"],
+                               "per_kind": r["per_kind"], "kept_tokens": r["kept_tokens"],
+                               "seconds": time.perf_counter() - t0}
+            print(f"  {method or 'none':<12} keep {keep:<5g} layer {layer} {params or ''}{options or ''}: "
                   f"{r['accuracy']:.3f} ({self.cache[key]['seconds']:.0f} s)", file=sys.stderr, flush=True)
             self.save()
         return self.cache[key]
@@ -232,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--params", help="comma-separated parameters to sweep (default: all of PARAM_GRID)")
             p.add_argument("--json", type=Path, help="default: results/sweep_val_<data>.json")
         else:
-            p.add_argument("--layer", type=int, default=2, help="probe layer of the feature-reading methods")
+            p.add_argument("--layer", type=int, default=DEFAULT_LAYER,
+                           help=f"probe layer of the feature-reading methods (default {DEFAULT_LAYER})")
             p.add_argument("--keeps", type=float, nargs="+", default=list(REPORT_KEEPS))
             p.add_argument("--json", type=Path, help="default: results/eval_<data>.json")
             p.add_argument("--png", type=Path, help="default: --json with .png")

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,9 +35,11 @@ sys.path.insert(0, str(REPO))
 
 from topv_edge import demo_data  # noqa: E402
 from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL  # noqa: E402
-from topv_edge.eval import Item, evaluate, read_items  # noqa: E402
+from topv_edge.eval import Item, read_items  # noqa: E402
 from topv_edge.pruning import default_method  # noqa: E402
 from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
+
+from eval_demo_model import Runner  # noqa: E402  (scripts/: the same cached runner as the demo model's sweeps)
 
 VAL_SEED, TEST_SEED = 1, 2
 EVAL_DIR = REPO / "build" / "eval"
@@ -91,46 +92,13 @@ def tiled_items(seed: int, n: int) -> list[Item]:
     return tiled
 
 
-class Runner:
-    """Evaluates configurations once each, caching accuracies in a JSON file (an interrupted run resumes)."""
-
-    def __init__(self, chat: VisionChat, items: list[Item], path: Path, fresh: bool) -> None:
-        self.chat, self.items, self.path = chat, items, path
-        self.cache: dict[str, dict] = {}
-        if path.is_file() and not fresh:
-            self.cache = json.loads(path.read_text()).get("runs", {})
-
-    def run(self, method: str | None, keep: float = 1.0, layer: int = 0, weight: float = 1.0) -> dict:
-        key = json.dumps([method, keep, layer, weight, len(self.items)])
-        if key not in self.cache:
-            t0 = time.perf_counter()
-            opts = (TopVOptions(enabled=False) if method is None else
-                    TopVOptions(keep=keep, layer=layer, method=method, overview_weight=weight))
-            r = evaluate(self.chat, self.items, opts)
-            r.pop("predictions")
-            self.cache[key] = dict(r, method=method or "unpruned", keep=keep, layer=layer,
-                                   overview_weight=None if math.isinf(weight) else weight,
-                                   overview_whole=math.isinf(weight), seconds=time.perf_counter() - t0)
-            self.save()
-            print(f"  {method or 'unpruned'} keep {keep:g} layer {layer} weight {weight:g}: "
-                  f"{self.cache[key]['accuracy']:.3f} ({self.cache[key]['seconds']:.0f} s)", file=sys.stderr, flush=True)
-        return self.cache[key]
-
-    def save(self, **extra) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        old.update(extra)
-        old["runs"] = self.cache
-        self.path.write_text(json.dumps(old, indent=1))
-
-
 def _table(run: Runner, configs: list[tuple[str, int]], weights, keeps) -> list[dict]:
     rows = []
     print("\n| method | layer | overview weight | " + " | ".join(f"keep {k:g}" for k in keeps) + " | mean |")
     print("|---|---:|---:|" + "---:|" * (len(keeps) + 1))
     for method, layer in configs:
         for w in weights:
-            accs = [run.run(method, k, layer, w)["accuracy"] for k in keeps]
+            accs = [run.run(method, k, layer, options={"overview_weight": w})["accuracy"] for k in keeps]
             rows.append({"method": method, "layer": layer, "weight": w, "accuracy": accs})
             print(f"| {method} | {layer} | {w:g} | " + " | ".join(f"{a:.3f}" for a in accs)
                   + f" | {sum(accs) / len(accs):.3f} |", flush=True)

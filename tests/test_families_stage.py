@@ -144,24 +144,30 @@ def image_chunk_facts(chat: VisionChat, picture: Path) -> dict:
     raise AssertionError("no image chunk")
 
 
-def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray) -> np.ndarray:
+def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray | list[np.ndarray],
+                   states: list[bytes] | None = None) -> np.ndarray:
     """Prefill with llama_decode by hand: the text chunks, then only the `kept` rows of the image (whole rows,
     deepstack slices included) at their original positions (4 sections for M-RoPE), with the model's causal setting
     for images, then the text at the positions it has unpruned. Returns the next-token logits.
 
+    A tiled picture (several image chunks, markers between them): `kept` is a list, the rows of each image chunk;
+    `states` (a list) gets the recurrent state after each image chunk.
     The generalisation of test_llama_patch.manual_prefill to every family (its version is ordinary RoPE only)."""
     L, M = chat.llama, chat.mtmd
     assert chat.ctx is None, "a fresh session: the context is created here"
+    per_chunk = kept if isinstance(kept, list) else [kept]
     chunks = prompt_chunks(chat, picture)
-    chat._create_context(256, 512)
+    plan = chat._plan(chunks)
+    chat._create_context(chat._cells(plan)[1], chat._max_image(plan))
     width = L.llama_model_n_embd_inp(chat.model)
     try:
-        n_past = 0
+        n_past, i_image = 0, 0
         for i in range(M.mtmd_input_chunks_size(chunks)):
             chunk = M.mtmd_input_chunks_get(chunks, i)
             if M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 n_past += decode_text_chunk(chat, chunk, n_past)
                 continue
+            kept, i_image = per_chunk[i_image], i_image + 1
             n_img = M.mtmd_input_chunk_get_n_tokens(chunk)
             assert M.mtmd_encode_chunk(chat.mctx, chunk) == 0
             embd = np.ctypeslib.as_array(M.mtmd_get_output_embd(chat.mctx), (n_img, width)).copy()
@@ -193,6 +199,8 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray) -> np.ndar
             batch.pos = ctypes.cast(own_pos, pos_type)  # llama_batch_free frees its own array
             L.llama_batch_free(batch)
             n_past += M.mtmd_input_chunk_get_n_pos(chunk)
+            if states is not None:
+                states.append(recurrent_state(chat))
     finally:
         M.mtmd_input_chunks_free(chunks)
     return chat.logits()

@@ -4,6 +4,7 @@ and answers unpruned through the Python runtime and llama-mtmd-cli."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -66,8 +67,26 @@ def test_picture_chunks_of_the_test_picture(family):
     assert all(isinstance(c, PictureChunk) and c.nx * c.ny == c.n_tokens for c in chunks)
 
 
+@contextlib.contextmanager
+def picture_prompt(libs, mctx, picture):
+    """The chunks mtmd makes of "<marker>What is in the picture?" with `picture` (freed on exit)."""
+    M = libs.mtmd_cpp
+    data = picture.read_bytes()
+    bitmap = M.mtmd_helper_bitmap_init_from_buf(mctx, (ctypes.c_uint8 * len(data)).from_buffer_copy(data), len(data), False)
+    text = f"{M.mtmd_default_marker().decode()}What is in the picture?".encode()
+    inp = M.mtmd_input_text()
+    inp.text, inp.text_len, inp.add_special, inp.parse_special = text, len(text), True, True
+    chunks = M.mtmd_input_chunks_init()
+    try:
+        assert M.mtmd_tokenize(mctx, chunks, ctypes.byref(inp), (M.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
+        yield chunks
+    finally:
+        M.mtmd_input_chunks_free(chunks)
+        M.mtmd_bitmap_free(bitmap)
+
+
 def tokenize_picture(libs, model, mmproj, picture):
-    """(chunk types, image tokens per image chunk, text tokens between image chunks, logits) of one prompt."""
+    """(chunk types, image tokens per image chunk, logits after evaluating them all) of one prompt."""
     L, M = libs.llama_cpp, libs.mtmd_cpp
     mp = L.llama_model_default_params()
     lm = L.llama_model_load_from_file(str(model).encode(), mp)
@@ -79,27 +98,19 @@ def tokenize_picture(libs, model, mmproj, picture):
     p.use_gpu, p.n_threads, p.warmup, p.print_timings = False, THREADS, False, False
     mctx = M.mtmd_init_from_file(str(mmproj).encode(), lm, p)
     assert mctx
-    data = picture.read_bytes()
-    bitmap = M.mtmd_helper_bitmap_init_from_buf(mctx, (ctypes.c_uint8 * len(data)).from_buffer_copy(data), len(data), False)
-    text = f"{M.mtmd_default_marker().decode()}What is in the picture?".encode()
-    inp = M.mtmd_input_text()
-    inp.text, inp.text_len, inp.add_special, inp.parse_special = text, len(text), True, True
-    chunks = M.mtmd_input_chunks_init()
     try:
-        assert M.mtmd_tokenize(mctx, chunks, ctypes.byref(inp), (M.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
-        types, n_image, between = [], [], []
-        for i in range(M.mtmd_input_chunks_size(chunks)):
-            c = M.mtmd_input_chunks_get(chunks, i)
-            types.append(M.mtmd_input_chunk_get_type(c))
-            if types[-1] == M.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-                n_image.append(M.mtmd_input_chunk_get_n_tokens(c))
-        n_past = L.llama_pos(0)
-        assert M.mtmd_helper_eval_chunks(mctx, ctx, chunks, 0, 0, 1024, True, ctypes.byref(n_past)) == 0
-        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1),
-                                       shape=(L.llama_vocab_n_tokens(L.llama_model_get_vocab(lm)),)).copy()
+        with picture_prompt(libs, mctx, picture) as chunks:
+            types, n_image = [], []
+            for i in range(M.mtmd_input_chunks_size(chunks)):
+                c = M.mtmd_input_chunks_get(chunks, i)
+                types.append(M.mtmd_input_chunk_get_type(c))
+                if types[-1] == M.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                    n_image.append(M.mtmd_input_chunk_get_n_tokens(c))
+            n_past = L.llama_pos(0)
+            assert M.mtmd_helper_eval_chunks(mctx, ctx, chunks, 0, 0, 1024, True, ctypes.byref(n_past)) == 0
+            logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1),
+                                           shape=(L.llama_vocab_n_tokens(L.llama_model_get_vocab(lm)),)).copy()
     finally:
-        M.mtmd_input_chunks_free(chunks)
-        M.mtmd_bitmap_free(bitmap)
         M.mtmd_free(mctx)
         L.llama_free(ctx)
         L.llama_model_free(lm)
@@ -130,18 +141,24 @@ def test_unpruned_tiled_answer_through_vision_chat(tiled_models_dir, libs, tmp_p
     assert all(im.n_kept == im.n_tokens and not im.pruned for im in report.images)
 
 
-@pytest.mark.parametrize("family", TILED)
-def test_unpruned_tiled_answer_through_llama_mtmd_cli(tiled_models_dir, libs, tmp_path_factory, family):
+def run_mtmd_cli(models_dir, tmp_path_factory, family: str, *flags: str) -> subprocess.CompletedProcess:
+    """llama-mtmd-cli of the patched build, one question about the family's big picture, greedy (exit code checked)."""
     from topv_edge import llama_libs
 
-    model, mmproj = pair_paths(family, "tiny", tiled_models_dir)
+    model, mmproj = pair_paths(family, "tiny", models_dir)
     exe = llama_libs.build_dir() / "bin" / "llama-mtmd-cli"
     env = dict(os.environ, LD_LIBRARY_PATH=str(llama_libs.build_dir() / "lib"))
     r = subprocess.run([str(exe), "-m", str(model), "--mmproj", str(mmproj), "--image",
-                        str(big_picture(tmp_path_factory, family)), "-p", "What is in the picture?", "-n", "4",
+                        str(big_picture(tmp_path_factory, family)), "-p", "What is in the picture?", "-n", "2",
                         "--temp", "0", "-t", str(THREADS), "--jinja", "--no-warmup", "-c", "4096", "-b", "1024",
-                        "-ub", "1024"], capture_output=True, text=True, errors="replace", env=env, timeout=300)
+                        "-ub", "1024", *flags], capture_output=True, text=True, errors="replace", env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+@pytest.mark.parametrize("family", TILED)
+def test_unpruned_tiled_answer_through_llama_mtmd_cli(tiled_models_dir, libs, tmp_path_factory, family):
+    run_mtmd_cli(tiled_models_dir, tmp_path_factory, family)
 
 
 # --- the TopV stage on tiled pictures: one budget per picture ---------------------------------------
@@ -355,15 +372,7 @@ def test_lfm2_small_picture_is_one_chunk_with_its_grid_row_major(tiled_models_di
     rows = []
     try:
         for picture in (a, b):
-            data = picture.read_bytes()
-            bitmap = M.mtmd_helper_bitmap_init_from_buf(mctx, (ctypes.c_uint8 * len(data)).from_buffer_copy(data),
-                                                        len(data), False)
-            text = f"{M.mtmd_default_marker().decode()}What is in the picture?".encode()
-            inp = M.mtmd_input_text()
-            inp.text, inp.text_len, inp.add_special, inp.parse_special = text, len(text), True, True
-            chunks = M.mtmd_input_chunks_init()
-            try:
-                assert M.mtmd_tokenize(mctx, chunks, ctypes.byref(inp), (M.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
+            with picture_prompt(libs, mctx, picture) as chunks:
                 image = [M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks))
                          if M.mtmd_input_chunk_get_type(M.mtmd_input_chunks_get(chunks, i)) == 1]
                 assert len(image) == 1
@@ -373,9 +382,6 @@ def test_lfm2_small_picture_is_one_chunk_with_its_grid_row_major(tiled_models_di
                 assert M.mtmd_encode_chunk(mctx, image[0]) == 0
                 rows.append(np.ctypeslib.as_array(M.mtmd_get_output_embd(mctx), shape=(n * n_embd,))
                             .reshape(n, n_embd).copy())
-            finally:
-                M.mtmd_input_chunks_free(chunks)
-                M.mtmd_bitmap_free(bitmap)
     finally:
         M.mtmd_free(mctx)
         L.llama_model_free(lm)
@@ -390,17 +396,7 @@ def test_llama_mtmd_cli_prunes_every_chunk_of_the_picture(tiled_models_dir, libs
     """llama-mtmd-cli goes through the same stage: one log line per image chunk, each pruned with its share."""
     import re
 
-    from topv_edge import llama_libs
-
-    model, mmproj = pair_paths(family, "tiny", tiled_models_dir)
-    exe = llama_libs.build_dir() / "bin" / "llama-mtmd-cli"
-    env = dict(os.environ, LD_LIBRARY_PATH=str(llama_libs.build_dir() / "lib"))
-    r = subprocess.run([str(exe), "-m", str(model), "--mmproj", str(mmproj), "--image",
-                        str(big_picture(tmp_path_factory, family)), "-p", "What is in the picture?", "-n", "2",
-                        "--temp", "0", "-t", str(THREADS), "--jinja", "--no-warmup", "-c", "4096", "-b", "1024",
-                        "-ub", "1024", "--topv-keep", "0.25"], capture_output=True, text=True, errors="replace",
-                       env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_mtmd_cli(tiled_models_dir, tmp_path_factory, family, "--topv-keep", "0.25")
     pruned = re.findall(r"topv: (tile \((\d+), (\d+)\)|overview).*?: (\d+) tokens -> (\d+) kept", r.stderr)
     whole = re.findall(r"topv: overview, chunk \d+/\d+ of a \d+-token picture, of (\d+) tokens decoded unpruned "
                        r"\(its share of the picture's budget covers all", r.stderr)
@@ -412,58 +408,13 @@ def test_llama_mtmd_cli_prunes_every_chunk_of_the_picture(tiled_models_dir, libs
     assert [int(n) for n in whole] == [e[3] for e, b in zip(expected, budgets) if b == e[3]]
 
 
-def manual_prefill_tiled(chat, picture, kept: list[np.ndarray], states: list | None = None) -> np.ndarray:
-    """The first message decoded by hand with llama_decode: the text chunks (markers included) whole, and of the
-    i-th image chunk only its rows kept[i], at their original positions. Returns the next-token logits; `states`
-    (a list) gets the recurrent state after each image chunk."""
-    from test_families_stage import prompt_chunks, recurrent_state
-    from test_llama_patch import decode_text_chunk
-
-    L, M = chat.llama, chat.mtmd
-    chunks = prompt_chunks(chat, picture)
-    plan = chat._plan(chunks)
-    chat._create_context(chat._cells(plan)[1], chat._max_image(plan))
-    width = L.llama_model_n_embd_inp(chat.model)
-    try:
-        n_past, i_image = 0, 0
-        for i in range(M.mtmd_input_chunks_size(chunks)):
-            chunk = M.mtmd_input_chunks_get(chunks, i)
-            if M.mtmd_input_chunk_get_type(chunk) == M.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                n_past += decode_text_chunk(chat, chunk, n_past)
-                continue
-            n_img = M.mtmd_input_chunk_get_n_tokens(chunk)
-            rows = kept[i_image]
-            i_image += 1
-            assert M.mtmd_encode_chunk(chat.mctx, chunk) == 0
-            embd = np.ctypeslib.as_array(M.mtmd_get_output_embd(chat.mctx), (n_img, width)).copy()
-            k = len(rows)
-            batch = L.llama_batch_init(k, width, 1)
-            flat = np.ascontiguousarray(embd[rows]).ravel()
-            ctypes.memmove(batch.embd, flat.ctypes.data, flat.nbytes)
-            for j in range(k):
-                batch.pos[j], batch.n_seq_id[j], batch.logits[j] = n_past + int(rows[j]), 1, 0
-                batch.seq_id[j][0] = 0
-            batch.n_tokens = k
-            non_causal = bool(M.mtmd_decode_use_non_causal(chat.mctx, chunk))
-            if non_causal:
-                L.llama_set_causal_attn(chat.ctx, False)
-            assert L.llama_decode(chat.ctx, batch) == 0
-            if non_causal:
-                L.llama_set_causal_attn(chat.ctx, True)
-            L.llama_batch_free(batch)
-            n_past += M.mtmd_input_chunk_get_n_pos(chunk)
-            if states is not None:
-                states.append(recurrent_state(chat))
-    finally:
-        M.mtmd_input_chunks_free(chunks)
-    return chat.logits()
-
-
 @pytest.mark.parametrize("family", TILED)
 def test_pruned_tiled_picture_equals_a_decode_of_the_kept_rows_alone(tiled_models_dir, libs, tmp_path_factory, family):
     """The logits after the pruned picture are those of a decode of only the kept rows of every chunk (the probes
     left nothing behind, the markers between the chunks stayed); for the hybrid LFM2 the recurrent (short
     convolution) state after each chunk is the state after a decode of its kept rows alone."""
+    from test_families_stage import manual_prefill
+
     picture = big_picture(tmp_path_factory, family)
     hybrid = family == "lfm2"
     with tiled_session(tiled_models_dir, family, **PROBED) as chat:
@@ -475,9 +426,9 @@ def test_pruned_tiled_picture_equals_a_decode_of_the_kept_rows_alone(tiled_model
     manual_states: list[bytes] = []
     full_states: list[bytes] = []
     with tiled_session(tiled_models_dir, family, enabled=False) as chat:
-        manual = manual_prefill_tiled(chat, picture, kept, manual_states)
+        manual = manual_prefill(chat, picture, kept, manual_states)
     with tiled_session(tiled_models_dir, family, enabled=False) as chat:
-        full = manual_prefill_tiled(chat, picture, [np.arange(r["n_tokens"]) for r in records], full_states)
+        full = manual_prefill(chat, picture, [np.arange(r["n_tokens"]) for r in records], full_states)
     np.testing.assert_allclose(stage, manual, rtol=1e-5, atol=1e-5)
     assert not np.allclose(stage, full, rtol=1e-3, atol=1e-3)  # pruning changed something: the check can fail
     if hybrid:

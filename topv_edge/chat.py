@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overview-weight", type=_positive_float, default=DEFAULT_OVERVIEW_WEIGHT,
                    help="tiled pictures: the overview's tokens count this many times when the picture's budget is "
                         "spread over its overview and tiles (1: the same ratio for every chunk; 'inf': keep the "
-                        f"overview whole); default {DEFAULT_OVERVIEW_WEIGHT:g} (docs/families.md, \"Tiled pictures\")")
+                        f"overview whole); default {DEFAULT_OVERVIEW_WEIGHT:g} (docs/tiled.md)")
     g.add_argument("--no-prune", action="store_true", help="decode every image token (plain llama.cpp behaviour)")
     g.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[],
                    help="a pass parameter (alpha, beta, gamma, sigma, eps, tau, iters, recover), e.g. --topv recover=0.5")

@@ -175,8 +175,6 @@ class MtmdTopvStats(ctypes.Structure):
     ]
 
 
-CHUNK_ROLES = ("single", "overview", "tile")  # enum mtmd_topv_chunk_role
-
 
 MTMD_TOPV_PRUNED = 0
 MTMD_TOPV_DISABLED = 1
@@ -310,6 +308,10 @@ class LlamaLibs:
     def topv_result_string(self, result: int) -> str:
         return self.mtmd_cpp._libmtmd.mtmd_topv_result_string(result).decode()
 
+    def topv_chunk_role(self, role: int) -> str:
+        """The name of a mtmd_topv_chunk_role: "single", "overview", "tile" ("unknown" otherwise)."""
+        return self.mtmd_cpp._libmtmd.mtmd_topv_chunk_role_name(role).decode()
+
     def topv_check_model(self, mctx: object, model: object) -> str | None:
         """Why the mmproj does not fit the text model per the stage's layout table (None: it fits).
 
@@ -407,6 +409,7 @@ def load() -> LlamaLibs:
     _bind(m, "mtmd_topv_get_scores", [vp], ctypes.POINTER(ctypes.c_double))
     _bind(m, "mtmd_topv_get_features", [vp, ctypes.c_bool], ctypes.POINTER(ctypes.c_float))
     _bind(m, "mtmd_topv_chunk_n_kept", [vp, vp, vp], ctypes.c_int32)
+    _bind(m, "mtmd_topv_chunk_role_name", [ctypes.c_int32], ctypes.c_char_p)
     _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
     _bind(l, "llama_set_n_layer_limit", [vp, ctypes.c_uint32], None)
     _bind(l, "llama_get_n_layer_limit", [vp], ctypes.c_uint32)

@@ -210,7 +210,7 @@ class ImageReport:
     pass_ms: float
     decode_ms: float      # decode of the kept tokens
     note: str = ""        # why the stage did not prune ("" exactly when it pruned)
-    picture: int = 0      # the picture it belongs to, counted from 0 in this turn
+    picture: int = 0      # the picture it belongs to, counted from 0 in its prompt (-1: unknown)
     role: str = "single"  # "single" (the picture is this chunk), "overview" or "tile"
     tile: tuple[int, int] | None = None  # (column, row) of a tile in the picture's grid of tiles
     tiles: tuple[int, int] = (0, 0)      # the picture's grid of tiles (columns, rows)
@@ -313,17 +313,14 @@ def configure_topv(libs: llama_libs.LlamaLibs, mctx: Any, options: TopVOptions, 
         raise ChatError(f"TopV parameters rejected by llama.cpp: {status_string(rc)}")
 
 
-def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms: float,
-                 picture: int = 0) -> ImageReport:
+def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms: float) -> ImageReport:
     """What the TopV stage did with the image chunk just decoded; every chunk it did not prune gets a reason."""
     st = libs.topv_stats(mctx)
     pruned = st.result == llama_libs.MTMD_TOPV_PRUNED
-    role = llama_libs.CHUNK_ROLES[st.role] if 0 <= st.role < len(llama_libs.CHUNK_ROLES) else "single"
+    role = libs.topv_chunk_role(st.role)
     if pruned:
         note = ""
-    elif st.result == llama_libs.MTMD_TOPV_KEEP_ALL and role != "single":
-        note = f"its share of the picture's budget covers all {n_tokens} tokens of this {role}: nothing to prune"
-    elif st.result == llama_libs.MTMD_TOPV_KEEP_ALL:
+    elif st.result == llama_libs.MTMD_TOPV_KEEP_ALL and role == "single":
         p = libs.topv_get_params(mctx)
         asked = f"{p.keep_count} tokens" if p.keep_count > 0 else f"{100 * p.keep_ratio:.4g}%"
         note = f"keep ({asked}) covers all {n_tokens} tokens of this image: nothing to prune"
@@ -332,13 +329,13 @@ def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms
                 or f"the TopV stage declined (result code {st.result})")
     return ImageReport(n_tokens=n_tokens, n_kept=st.n_kept if pruned else n_tokens, pruned=pruned,
                        encode_ms=encode_ms, probe_ms=st.probe_ms, pass_ms=st.pass_ms, decode_ms=st.decode_ms, note=note,
-                       picture=st.picture if st.picture >= 0 else picture, role=role, tile=(st.tile_x, st.tile_y) if role == "tile" else None,
+                       picture=st.picture, role=role, tile=(st.tile_x, st.tile_y) if role == "tile" else None,
                        tiles=(st.tiles_x, st.tiles_y), budget=st.n_budget,
                        kept_whole=st.result == llama_libs.MTMD_TOPV_KEEP_ALL)
 
 
 def decode_image(libs: llama_libs.LlamaLibs, mctx: Any, lctx: Any, chunk: Any, n_past: int, seq_id: int,
-                 n_batch: int, errors: llama_libs.LogRecorder, picture: int = 0) -> tuple[int, ImageReport]:
+                 n_batch: int, errors: llama_libs.LogRecorder) -> tuple[int, ImageReport]:
     """Encode one image chunk, then decode it through the patched helper (the TopV stage prunes there).
 
     What mtmd_helper_eval_chunk_single does for an image, with the encode timed: (next n_past, report)."""
@@ -354,7 +351,7 @@ def decode_image(libs: llama_libs.LlamaLibs, mctx: Any, lctx: Any, chunk: Any, n
                                           ctypes.byref(new_n_past), M.mtmd_helper_post_decode_callback(), None)
     if rc != 0:
         raise ChatError(f"llama.cpp could not decode the image (code {rc}): {explain_llama_error(errors.errors())}")
-    return new_n_past.value, image_report(libs, mctx, n_tokens, encode_ms, picture)
+    return new_n_past.value, image_report(libs, mctx, n_tokens, encode_ms)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 import numpy as np
 
@@ -42,7 +42,7 @@ from .chat_templates import SMOLVLM_TEMPLATE
 from .chat_templates import MINICPMV26_TEMPLATE
 from .chat_templates import LFM2_TEMPLATE
 
-WRITER_VERSION = 3  # bump when the bytes write_pair produces change (invalidates cached pairs)
+WRITER_VERSION = 4  # bump when the bytes write_pair produces change (invalidates cached pairs)
 FINGERPRINT_KEY = "topv_edge.synthetic.fingerprint"
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,9 +78,8 @@ class TextConfig:
     sliding_window: int = 0      # gemma3/gemma4: attention.sliding_window (gemma3: 0 writes none, no SWA)
     rope_base_swa: float = 10000.0
     rope_partial_global: float = 0.25  # gemma4: the global layers rotate this share of their head
-    # lfm2: the attention layers (the others are short-convolution layers, kernel ssm_conv = shortconv.l_cache).
-    # Not in the repr (the other families' fingerprints stay as they were); `pair_fingerprint` adds it when set
-    attn_layers: tuple[int, ...] = field(default=(), repr=False)
+    # lfm2: the attention layers (the others are short-convolution layers, kernel ssm_conv = shortconv.l_cache)
+    attn_layers: tuple[int, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -123,14 +122,12 @@ class VisionConfig:
     n_wa_pattern: int = 0        # qwen2.5vl_merger: every n-th block attends globally, the others in 112 px windows
     deepstack: tuple[int, ...] = ()  # qwen3vl_merger: blocks whose output feeds a deepstack merger
     pos_size: int = 0            # qwen3vl_merger: side of the learned position grid; gemma4v: rows of each x/y table
-    # tiling (repr=False: the other families' fingerprints stay as they were; pair_fingerprint adds them when set)
-    preproc_longest_edge: int = field(default=0, repr=False)  # idefics3: clip.vision.preproc_image_size
-    preproc_tiles: tuple[int, int] = field(default=(0, 0), repr=False)  # internvl: preproc_min/max_tiles (0: none)
-    # llava16 / minicpmv (tiled). Not in the repr (nor the fingerprint's repr) so that the other families'
-    # fingerprints, hence bytes, stay as they were; `pair_fingerprint` adds them when set.
-    grid_pinpoints: tuple[int, ...] = field(default=(), repr=False)  # mlp: clip.vision.image_grid_pinpoints (w, h, ...): LLaVA-1.6 anyres
-    minicpmv_version: int = field(default=0, repr=False)  # resampler: clip.minicpmv_version (3: MiniCPM-V 2.6)
-    n_queries: int = field(default=0, repr=False)         # resampler: clip.minicpmv_query_num (learned queries = tokens per chunk)
+    # tiling
+    preproc_longest_edge: int = 0  # idefics3: clip.vision.preproc_image_size
+    preproc_tiles: tuple[int, int] = (0, 0)  # internvl: preproc_min/max_tiles (0: none)
+    grid_pinpoints: tuple[int, ...] = ()  # mlp: clip.vision.image_grid_pinpoints (w, h, ...): LLaVA-1.6 anyres
+    minicpmv_version: int = 0      # resampler: clip.minicpmv_version (3: MiniCPM-V 2.6)
+    n_queries: int = 0             # resampler: clip.minicpmv_query_num (learned queries = tokens per chunk)
 
     @property
     def grid(self) -> int:
@@ -1202,13 +1199,6 @@ def pair_fingerprint(family: str, preset: str, seed: int = 0, class_embedding: b
     tok = family_tokenizer(family)
     key = repr((WRITER_VERSION, family, preset, int(seed), cfg, tok.tokens, tok.types, tok.merges,
                 tok.chat_template))
-    v = cfg.vision  # the tiled fields are not in VisionConfig's repr: added only when set (others' keys unchanged)
-    if v.grid_pinpoints or v.minicpmv_version or v.n_queries:
-        key += repr(("tiled", v.grid_pinpoints, v.minicpmv_version, v.n_queries))
-    if cfg.text.attn_layers:  # lfm2's layer pattern: not in TextConfig's repr either
-        key += repr(("attn_layers", cfg.text.attn_layers))
-    if v.preproc_longest_edge or any(v.preproc_tiles):  # smolvlm (idefics3), internvl
-        key += repr(("tiles", v.preproc_longest_edge, v.preproc_tiles))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -89,8 +89,9 @@ int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & params, const mtmd_topv_
 // names of the graph nodes the probe reads for layer `layer`: the layer's input (empty: the embeddings) and output
 void mtmd_topv_probe_nodes(const mtmd_topv_chunk_layout & layout, int32_t layer, std::string * source, std::string * target);
 
-// Fills `out` and returns true when the table prunes this chunk; otherwise returns false with the reason.
-bool mtmd_topv_resolve_layout(const mtmd_context * ctx, const mtmd_image_tokens * img, const llama_model * model,
+// Fills `out` and returns true when the table prunes the chunk of these facts (mtmd_topv_image_facts_of);
+// otherwise returns false with the reason.
+bool mtmd_topv_resolve_layout(const mtmd_topv_image_facts & facts, const llama_model * model,
                               mtmd_topv_chunk_layout * out, std::string * reason);
 
 // Decodes an encoded image chunk with pruning. Returns false when the stage does not handle the chunk

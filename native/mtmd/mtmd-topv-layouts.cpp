@@ -198,10 +198,9 @@ const char * target_node_of(const std::string & arch) {
 
 } // namespace
 
-bool mtmd_topv_resolve_layout(const mtmd_context * ctx, const mtmd_image_tokens * img, const llama_model * model,
+bool mtmd_topv_resolve_layout(const mtmd_topv_image_facts & f, const llama_model * model,
                               mtmd_topv_chunk_layout * out, std::string * reason) {
-    mtmd_topv_image_facts f{};
-    if (!ctx || !img || !model || !out || !mtmd_topv_image_facts_of(ctx, img, &f) || !f.ctx_v) {
+    if (!model || !out || !f.ctx_v) {
         return decline(reason, "the chunk has no vision tower or image tokens");
     }
     const layout_entry * e = find_entry(f.proj_type);

@@ -217,8 +217,10 @@ int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const llama_model * mod
     const int32_t n_tokens = (int32_t) mtmd_input_chunk_get_n_tokens(chunk);
     const mtmd_topv_params & prm = mtmd_topv_state_of(ctx)->params;
     const mtmd_image_tokens * img = mtmd_input_chunk_get_tokens_image(chunk);
+    mtmd_topv_image_facts facts{};
     mtmd_topv_chunk_layout layout;
-    if (!prm.enabled || !model || !img || !mtmd_topv_resolve_layout(ctx, img, model, &layout, nullptr)) {
+    if (!prm.enabled || !img || !mtmd_topv_image_facts_of(ctx, img, &facts) ||
+        !mtmd_topv_resolve_layout(facts, model, &layout, nullptr)) {
         return n_tokens;
     }
     const int64_t k = mtmd_topv_chunk_budget(prm, layout);
@@ -419,20 +421,20 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     st.stats.tile_y  = -1;
     st.stats.n_chunks = 1;
     st.stats.n_picture_tokens = n_tokens;
-    if (const mtmd_image_tokens * img = mtmd_input_chunk_get_tokens_image(chunk)) {
-        mtmd_topv_image_facts facts{};
-        if (mtmd_topv_image_facts_of(ctx, img, &facts)) { // where the chunk sits, also when it is not pruned
-            const mtmd_topv_picture_place & pl = facts.place;
-            st.stats.picture = pl.picture;
-            st.stats.role    = pl.role;
-            st.stats.tile_x  = pl.tile_x;
-            st.stats.tile_y  = pl.tile_y;
-            st.stats.tiles_x = pl.tiles_x;
-            st.stats.tiles_y = pl.tiles_y;
-            st.stats.chunk_index = pl.index;
-            st.stats.n_chunks    = pl.n_chunks;
-            st.stats.n_picture_tokens = pl.n_picture_tokens > 0 ? pl.n_picture_tokens : n_tokens;
-        }
+    const mtmd_image_tokens * image_tokens = mtmd_input_chunk_get_tokens_image(chunk);
+    mtmd_topv_image_facts facts{};
+    const bool have_facts = image_tokens && mtmd_topv_image_facts_of(ctx, image_tokens, &facts);
+    if (have_facts) { // where the chunk sits, also when it is not pruned
+        const mtmd_topv_picture_place & pl = facts.place;
+        st.stats.picture = pl.picture;
+        st.stats.role    = pl.role;
+        st.stats.tile_x  = pl.tile_x;
+        st.stats.tile_y  = pl.tile_y;
+        st.stats.tiles_x = pl.tiles_x;
+        st.stats.tiles_y = pl.tiles_y;
+        st.stats.chunk_index = pl.index;
+        st.stats.n_chunks    = pl.n_chunks;
+        st.stats.n_picture_tokens = pl.n_picture_tokens > 0 ? pl.n_picture_tokens : n_tokens;
     }
     st.stats.n_tokens = n_tokens;
     st.stats.n_kept   = n_tokens;
@@ -451,10 +453,9 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     if (!prm.enabled) {
         return decline(MTMD_TOPV_DISABLED);
     }
-    const mtmd_image_tokens * image_tokens = mtmd_input_chunk_get_tokens_image(chunk);
     mtmd_topv_chunk_layout layout;
-    std::string why_not;
-    if (!image_tokens || !mtmd_topv_resolve_layout(ctx, image_tokens, model, &layout, &why_not)) {
+    std::string why_not = "the chunk has no vision tower or image tokens";
+    if (!have_facts || !mtmd_topv_resolve_layout(facts, model, &layout, &why_not)) {
         return decline(MTMD_TOPV_UNSUPPORTED_LAYOUT, why_not);
     }
     st.stats.grid_w = layout.grid_w;
