@@ -39,8 +39,9 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
     """Runs in the child process: one configuration."""
     import resource
 
-    from topv_edge import llama_libs
-    from topv_edge.runtime import TopVOptions, VisionChat
+    from topv_edge.llama import libs as llama_libs
+    from topv_edge.options import TopVOptions
+    from topv_edge.session import VisionChat
 
     opts = TopVOptions(enabled=keep < 1.0, keep=keep, layer=layer)
     runs = []
@@ -70,7 +71,7 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
 
 def backend_env(backend: str) -> dict[str, str]:
     """The environment of a child on `backend`'s build (Vulkan: llvmpipe visible, Mesa shader cache kept)."""
-    from topv_edge import llama_libs
+    from topv_edge.llama import libs as llama_libs
 
     env = {k: v for k, v in os.environ.items() if k not in ("TOPV_EDGE_LLAMA_DIR", "LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
     env["TOPV_EDGE_BACKEND"] = backend
@@ -106,7 +107,7 @@ def bench_presets() -> dict:
     llava16:16l, the same tiled as LLaVA-1.6 (a tiled picture)."""
     from dataclasses import replace
 
-    from topv_edge.synthetic import ModelConfig, TextConfig, VisionConfig
+    from topv_edge.lab.synth import ModelConfig, TextConfig, VisionConfig
 
     text = TextConfig(n_embd=512, n_ff=1408, n_layer=16, n_head=8, n_head_kv=4)
     vision = VisionConfig(image_size=336, patch_size=14, n_embd=128, n_ff=320, n_layer=2, n_head=4, proj_hidden=512)
@@ -119,7 +120,7 @@ def bench_presets() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["llava:1b", "qwen2vl:2b"], help="family:preset[:QTYPE] (topv_edge.synthetic); QTYPE quantises the text model with "
+    ap.add_argument("--presets", nargs="+", default=["llava:1b", "qwen2vl:2b"], help="family:preset[:QTYPE] (topv_edge.lab.synth); QTYPE quantises the text model with "
                          "llama-quantize, e.g. qwen3vl:4b:Q4_K_M")
     ap.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.11, 0.05])
     ap.add_argument("--layer", type=int, nargs="+", default=[0, 2])
@@ -135,14 +136,14 @@ def main() -> int:
     ap.add_argument("--no-mmproj-offload", action="store_true", help="run the image encoder on the CPU")
     args = ap.parse_args()
 
-    from topv_edge import llama_libs
+    from topv_edge.llama import libs as llama_libs
 
     for b in args.backend:
         if not (llama_libs.backend_build_dir(b) / "lib").is_dir():
             raise SystemExit(f"the {b} build of llama.cpp is absent: bash scripts/build_llama_cpp.sh --backend {b}")
 
-    from topv_edge import synthetic
-    from topv_edge.synthetic import demo_image, write_pair
+    from topv_edge.lab import synth as synthetic
+    from topv_edge.lab.synth import demo_image, write_pair
 
     synthetic.PRESETS.update(bench_presets())
 

@@ -18,7 +18,6 @@
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
-LLAMA_CPP_COMMIT=0c1e57098bba
 repo=$(cd "$(dirname "$0")/.." && pwd)
 patches=("$repo"/patches/*.patch)
 
@@ -57,9 +56,10 @@ case "$backend" in
     *) echo "build_llama_cpp.sh: --backend must be cpu, vulkan, cuda or metal, got '$backend'" >&2; exit 2 ;;
 esac
 
-# The install directory: the same computation as topv_edge/llama_libs.py build_dir()
-cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/topv-edge"
-prefix="${TOPV_EDGE_LLAMA_DIR:-$cache_root/llama.cpp-$LLAMA_CPP_COMMIT-$backend}"
+# The cache layout and the sources' hashes have one definition, topv_edge/llama/build.py (stdlib only): it sets
+# llama_cpp_commit, cache_root, prefix (TOPV_EDGE_LLAMA_DIR, else the backend's directory), patch_hash, native_hash
+eval "$(python3 "$repo/topv_edge/llama/build.py" shell --backend "$backend")"
+LLAMA_CPP_COMMIT=$llama_cpp_commit
 pristine="${source_dir:-$cache_root/llama.cpp-$LLAMA_CPP_COMMIT-pristine}"
 if [ "$print_only" = dir ]; then echo "$prefix"; exit 0; fi
 # an extracted pristine tree is never changed: no need to wait for a running build to print it
@@ -91,8 +91,6 @@ if [ "$print_only" = pristine ]; then echo "$pristine"; exit 0; fi
 exec 9>"$prefix/.build.lock"
 flock 9
 
-patch_hash=$(cat "${patches[@]}" | sha256sum | cut -c1-16)
-native_hash=$(cd "$repo" && find native -type f ! -path 'native/tests/*' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
 stamp="$prefix/.built"
 want="commit=$LLAMA_CPP_COMMIT patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}${TARGETS:+ targets=$TARGETS}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -4,7 +4,7 @@ report every method on the test split.
 
     python scripts/eval_demo_model.py sweep   [--n 1200]   # validation split (seed 1): results/sweep_val_demo.json
     python scripts/eval_demo_model.py report  [--n 1200]   # test split (seed 2): results/eval_demo.json, .png
-    python scripts/eval_demo_model.py sweep  --data scenes # the second model (topv_edge/demo_model2) on its
+    python scripts/eval_demo_model.py sweep  --data scenes # the second model (topv_edge/lab/models/scenes) on its
     python scripts/eval_demo_model.py report --data scenes #   own splits: results/{sweep_val,eval}_scenes.json
 
 `sweep` (validation only) measures, at keep 0.25 and 0.11:
@@ -19,7 +19,7 @@ read-out is `topv`, which defaults) is made from them and recorded in docs/pass.
 --layer, kept tokens at their original positions, with the library's default parameters, per question
 kind; writes results/eval_demo.json, a markdown table and results/eval_demo.png.
 
-Both run `topv_edge.eval.evaluate` (the harness users run) on sets written by `topv_edge.demo_data`,
+Both run `topv_edge.eval.evaluate` (the harness users run) on sets written by `topv_edge.lab.data.demo`,
 through the patched llama.cpp, with greedy decoding. Results are cached per configuration in the JSON
 file, so an interrupted run resumes (--fresh starts over).
 """
@@ -36,15 +36,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from topv_edge import demo_data, scenes_data  # noqa: E402
+from topv_edge.lab.data import demo as demo_data  # noqa: E402
+from topv_edge.lab.data import scenes as scenes_data  # noqa: E402
 from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL  # noqa: E402
 from topv_edge.eval import evaluate, read_items  # noqa: E402
-from topv_edge._native import method_reads  # noqa: E402
-from topv_edge.pruning import DEFAULT_LAYER, METHODS, READOUTS, default_params  # noqa: E402
-from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
+from topv_edge.pruning.native import method_reads  # noqa: E402
+from topv_edge.options import DEFAULT_LAYER  # noqa: E402
+from topv_edge.pruning import METHODS, READOUTS, default_params  # noqa: E402
+from topv_edge.options import TopVOptions  # noqa: E402
+from topv_edge.session import VisionChat  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2
-DEMO2 = REPO / "topv_edge" / "demo_model2"
+DEMO2 = REPO / "topv_edge" / "lab" / "models" / "scenes"
 # --data: the question generator, the model trained on it, and the name its result files carry
 DATASETS = {
     "demo": (demo_data, DEMO_MODEL, DEMO_MMPROJ, "demo"),

@@ -33,11 +33,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from topv_edge import demo_data  # noqa: E402
+from topv_edge.lab.data import demo as demo_data  # noqa: E402
 from topv_edge.demo import DEMO_MMPROJ, DEMO_MODEL  # noqa: E402
 from topv_edge.eval import Item, read_items  # noqa: E402
 from topv_edge.pruning import default_method  # noqa: E402
-from topv_edge.runtime import TopVOptions, VisionChat  # noqa: E402
+from topv_edge.options import TopVOptions  # noqa: E402
+from topv_edge.session import VisionChat  # noqa: E402
 
 from eval_demo_model import Runner  # noqa: E402  (scripts/: the same cached runner as the demo model's sweeps)
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if sweep:
             rows = _table(run, configs, WEIGHTS, KEEPS)
         else:
-            from topv_edge.pruning import DEFAULT_OVERVIEW_WEIGHT
+            from topv_edge.options import DEFAULT_OVERVIEW_WEIGHT
 
             weights = args.weights or sorted({1.0, DEFAULT_OVERVIEW_WEIGHT})
             rows = _table(run, configs, weights, (0.5,) + KEEPS + (0.05,))

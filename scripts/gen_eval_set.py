@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write an evaluation set of the demo data (topv_edge.demo_data): images/NNNNN.png and data.jsonl,
+"""Write an evaluation set of the demo data (topv_edge.lab.data.demo): images/NNNNN.png and data.jsonl,
 one line per example: {"image": "images/00000.png", "question": ..., "answer": ..., "kind": ...}.
 
     python scripts/gen_eval_set.py --n 600 --seed 2 -o build/eval/test
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from topv_edge import demo_data as D  # noqa: E402
+from topv_edge.lab.data import demo as D  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Train, evaluate, export and verify the demo VLM: a small LLaVA-1.5-style model trained on
-topv_edge.demo_data, whose GGUF pair (llama text model + `mlp` mmproj) llama.cpp runs at the pinned
+topv_edge.lab.data.demo, whose GGUF pair (llama text model + `mlp` mmproj) llama.cpp runs at the pinned
 commit (0c1e57098bba). See docs/demo_model.md for the model card.
 
     python scripts/train_demo_vlm.py train   [--steps 3000] [--resume] ...          # build/demo_vlm/
@@ -61,9 +61,9 @@ sys.path.insert(0, str(REPO))
 
 # topv_edge first: it points llama_cpp at the project's patched llama.cpp build (the only one installed;
 # with TopV off it computes bit-identically to stock llama.cpp, tests/test_llama_patch.py checks that)
-from topv_edge import demo_data as D  # noqa: E402
-from topv_edge import synthetic as S  # noqa: E402
-from topv_edge.chat_templates import LLAVA15_TEMPLATE, compile_chat_template  # noqa: E402
+from topv_edge.lab.data import demo as D  # noqa: E402
+from topv_edge.lab import synth as S  # noqa: E402
+from topv_edge.session.templates import LLAVA15_TEMPLATE, compile_chat_template  # noqa: E402
 import llama_cpp  # noqa: E402
 import llama_cpp.mtmd_cpp  # noqa: E402,F401
 
@@ -797,7 +797,7 @@ def cmd_eval(args) -> int:
 
 
 def export_weights(model, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The trained weights under GGUF names (numpy, PyTorch layout), as topv_edge.synthetic writes them."""
+    """The trained weights under GGUF names (numpy, PyTorch layout), as topv_edge.lab.synth writes them."""
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     text: dict[str, np.ndarray] = {
         "token_embd.weight": sd["tok_emb.weight"],

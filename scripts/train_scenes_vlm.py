@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Train, evaluate, export and verify the second demo VLM: a small Qwen2-VL-style model (text arch
 `qwen2vl` with M-RoPE, mmproj `qwen2vl_merger` with 2-D RoPE ViT and 2 x 2 patch merger) trained on
-topv_edge.scenes_data. Model card: docs/demo_model2.md.
+topv_edge.lab.data.scenes. Model card: docs/demo_model2.md.
 
     python scripts/train_scenes_vlm.py train  [--steps 2000] [--resume] [--stop-at N] ...   # build/scenes_vlm/
     python scripts/train_scenes_vlm.py eval   [--n 600] [--seed 1]                           # PyTorch, greedy
-    python scripts/train_scenes_vlm.py export [-o topv_edge/demo_model2] [--random]          # the GGUF pair
-    python scripts/train_scenes_vlm.py verify [-o topv_edge/demo_model2] [--n 200]           # PyTorch vs llama.cpp
+    python scripts/train_scenes_vlm.py export [-o topv_edge/lab/models/scenes] [--random]          # the GGUF pair
+    python scripts/train_scenes_vlm.py verify [-o topv_edge/lab/models/scenes] [--n 200]           # PyTorch vs llama.cpp
     python scripts/train_scenes_vlm.py llama-eval [--n 600 --seed 2]                         # accuracy via llama.cpp
 
 `export --random` writes the untrained model (the check that the PyTorch forward is llama.cpp's before
@@ -61,13 +61,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from topv_edge import scenes_data as D  # noqa: E402  (imports topv_edge first: the patched llama.cpp)
-from topv_edge import synthetic as S  # noqa: E402
-from topv_edge.chat_templates import CHATML_TEMPLATE, compile_chat_template  # noqa: E402
+from topv_edge.lab.data import scenes as D  # noqa: E402  (imports topv_edge first: the patched llama.cpp)
+from topv_edge.lab import synth as S  # noqa: E402
+from topv_edge.session.templates import CHATML_TEMPLATE, compile_chat_template  # noqa: E402
 import train_demo_vlm as T1  # noqa: E402  (the first demo model's script: llama.cpp side, tokenizer, schedule)
 
 OUT_DIR = REPO / "build" / "scenes_vlm"
-MODEL_DIR = REPO / "topv_edge" / "demo_model2"
+MODEL_DIR = REPO / "topv_edge" / "lab" / "models" / "scenes"
 MODEL_NAME, MMPROJ_NAME = "scenes-vlm.gguf", "mmproj-scenes-vlm.gguf"
 TRAIN_SEED_BASE = 1000
 VIT_SEED_BASE = 10 ** 6
@@ -793,7 +793,7 @@ def _ckpt(args) -> Path | None:
 
 
 def export_weights(model, cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The weights under GGUF names (numpy, PyTorch layout), as topv_edge.synthetic writes them."""
+    """The weights under GGUF names (numpy, PyTorch layout), as topv_edge.lab.synth writes them."""
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     text = {"token_embd.weight": sd["tok_emb.weight"], "output_norm.weight": sd["out_norm.weight"],
             "output.weight": sd["out.weight"]}

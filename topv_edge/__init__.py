@@ -6,14 +6,15 @@ variables LLAMA_CPP_LIB_PATH and MTMD_CPP_LIB, unless already set), so import to
 
 from typing import Any
 
-from . import llama_libs
-from ._native import METHODS, TopVError
-from .pruning import BACKENDS, PARAM_NAMES, default_params, keep_count, select
+from .errors import ChatError, OptionError, TopVError
+from .llama.build import point_llama_cpp_at_build
+from .options import TopVOptions
+from .pruning import BACKENDS, METHODS, PARAM_NAMES, default_params, keep_count, select
 
-llama_libs.point_llama_cpp_at_build()
+point_llama_cpp_at_build()
 
-__all__ = ["BACKENDS", "METHODS", "PARAM_NAMES", "TopVChatHandler", "TopVError", "VisionChat", "default_params",
-           "keep_count", "select"]
+__all__ = ["BACKENDS", "METHODS", "PARAM_NAMES", "ChatError", "OptionError", "TopVChatHandler", "TopVError",
+           "TopVOptions", "VisionChat", "default_params", "keep_count", "select"]
 __version__ = "0.1.0"
 
 
@@ -24,7 +25,7 @@ def __getattr__(name: str) -> Any:
 
         return TopVChatHandler
     if name == "VisionChat":
-        from .runtime import VisionChat
+        from .session import VisionChat
 
         return VisionChat
     raise AttributeError(f"module 'topv_edge' has no attribute {name!r}")

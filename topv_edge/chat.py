@@ -34,88 +34,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ._native import METHODS
-from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, default_method
-from .runtime import MAX_THREADS, ChatError, TopVOptions, TurnReport, VisionChat, read_image
-
-
-def parse_keep(text: str) -> float | int:
-    """'0.25' or '25%' -> ratio 0.25; '144' -> 144 tokens ('1' is one token, '1.0' and '100%' keep all)."""
-    t = text.strip()
-    try:
-        if t.endswith("%"):
-            value: float | int = float(t[:-1]) / 100.0
-            if not 0.0 < value <= 1.0:
-                raise argparse.ArgumentTypeError(f"a keep percentage must be in (0%, 100%] (got {text})")
-            return value
-        value = int(t) if t.lstrip("+").isdigit() else float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a ratio (0.25), a percentage (25%) or a token count (144): {text!r}") from None
-    if isinstance(value, float) and not (0.0 < value <= 1.0):
-        raise argparse.ArgumentTypeError(f"a keep ratio must be in (0, 1] (got {text}); a whole number is a token count")
-    if isinstance(value, int) and value < 1:
-        raise argparse.ArgumentTypeError(f"a keep count must be at least 1 (got {text})")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {v})")
-    return v
-
-
-def threads_arg(text: str) -> int:
-    """--threads: 1..MAX_THREADS (llama.cpp's limit)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= v <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be 1..{MAX_THREADS} (this machine has {os.cpu_count()} cores), got {v}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {v})")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
-    return v
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit code 2 with a plain message, as for every input problem
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+from .cli import (Parser, add_device_flags, add_pruning_flags, in_flag_terms, positive_int, pruning_options,
+                  run_command)
+from .errors import ChatError
+from .session import TurnReport, VisionChat
+from .session.files import read_image
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m topv_edge.chat", description=__doc__,
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m topv_edge.chat", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="the text model (.gguf)")
     ap.add_argument("images", nargs="*", help="images for the first message (PNG, JPEG, ... anything Pillow reads)")
     ap.add_argument("--demo", action="store_true", help="use the project's trained demo model and its picture (it answers one-word questions about "
@@ -123,44 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
     ap.add_argument("-p", "--prompt", help="ask this once, print the answer and exit (no interactive chat)")
     g = ap.add_argument_group("pruning")
-    g.add_argument("--keep", type=parse_keep, default=DEFAULT_KEEP,
-                   help="image tokens to keep: a ratio (0.25) or percentage (25%%) of each image, or a whole "
-                        f"token count (144; so 1 is one token, 1.0 all of them); default {DEFAULT_KEEP}")
-    g.add_argument("--layer", type=_nonnegative_int, default=DEFAULT_LAYER,
-                   help="the LLM layer whose features the method reads (the paper's Li), 0..(layers - 2), "
-                        f"checked once the model is loaded; at 0 a method that reads no target (divprune, "
-                        f"uniform, ...) needs no probe at all; default {DEFAULT_LAYER}")
-    g.add_argument("--method", choices=list(METHODS), default=default_method(),
-                   help=f"how to choose the kept tokens (default {default_method()}, chosen on two trained models: "
-                        "docs/pass.md): topv (the paper's optimal transport), divprune (greedy feature "
-                        "diversity), or another baseline, e.g. uniform2d (an even lattice) or uniform")
-    g.add_argument("--overview-weight", type=_positive_float, default=DEFAULT_OVERVIEW_WEIGHT,
-                   help="tiled pictures: the overview's tokens count this many times when the picture's budget is "
-                        "spread over its overview and tiles (1: the same ratio for every chunk; 'inf': keep the "
-                        f"overview whole); default {DEFAULT_OVERVIEW_WEIGHT:g} (docs/tiled.md)")
+    add_pruning_flags(g)
     g.add_argument("--no-prune", action="store_true", help="decode every image token (plain llama.cpp behaviour)")
-    g.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[],
-                   help="a pass parameter (alpha, beta, gamma, sigma, eps, tau, iters, recover), e.g. --topv recover=0.5")
     g = ap.add_argument_group("generation")
-    g.add_argument("--threads", type=threads_arg, default=None, help=f"CPU threads, 1..{MAX_THREADS} (default: all cores)")
-    g.add_argument("--ctx", type=_positive_int, default=None,
+    g.add_argument("--ctx", type=positive_int, default=None,
                    help="context size in tokens (llama.cpp rounds it up to a multiple of 256); default: what the conversation needs after pruning + --max-tokens + 256 "
                         "(grown when a later image needs more)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
-    g.add_argument("--max-tokens", type=_positive_int, default=None,
+    g.add_argument("--max-tokens", type=positive_int, default=None,
                    help="longest answer in tokens (default 256; 8 with --demo, whose answers are one word)")
-    g = ap.add_argument_group("device (GPU builds: scripts/install.sh --backend cuda|metal|vulkan)")
-    g.add_argument("--ngl", type=_nonnegative_int, default=None,
-                   help="text-model layers on the GPU, as llama.cpp's -ngl (default: all of them; the CPU build "
-                        "runs everything on the CPU)")
-    g.add_argument("--no-mmproj-offload", action="store_true",
-                   help="run the image encoder on the CPU (default: on the GPU when the build has one)")
+    add_device_flags(ap.add_argument_group("device (GPU builds: scripts/install.sh --backend cuda|metal|vulkan)"))
     g = ap.add_argument_group("output")
     g.add_argument("--json", action="store_true",
-                   help="after each answer print one JSON line: keep (ratio or count), image tokens, kept tokens, "
-                        "encode/probe/pass/prefill ms, time to first token, KV cells used; \"images\" has one entry "
-                        "per image chunk, \"pictures\" one per picture (a tiled picture: its tiles and chunks)")
+                   help="print JSON only: one object per answer on its own line (the answer, the options used, "
+                        "image tokens and kept tokens, encode/probe/pass/prefill ms, time to first token, KV "
+                        "cells); \"images\" has one entry per image chunk, \"pictures\" one per picture (a tiled "
+                        "picture: its tiles and chunks). Notes and errors go to stderr")
     g.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     return ap
 
@@ -170,33 +83,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_intermixed_args(argv)
 
 
-def parse_topv_params(items: Sequence[str]) -> dict[str, float | int]:
-    """--topv NAME=VALUE items -> pass parameters (checked by name and range when applied)."""
-    params: dict[str, float | int] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ChatError(f"--topv expects NAME=VALUE, got {item!r}")
-        try:
-            params[name.strip()] = int(value) if name.strip() == "iters" else float(value)
-        except ValueError:
-            raise ChatError(f"--topv {name}: not a number: {value!r}") from None
-    return params
+def _ms(x: float) -> float | None:
+    """A time for JSON: 0.1 ms resolution, null when not measured (NaN)."""
+    return None if x != x else round(x, 1)
 
 
-def _topv_options(args: argparse.Namespace) -> TopVOptions:
-    return TopVOptions(enabled=not args.no_prune, keep=args.keep, layer=args.layer, method=args.method,
-                       params=parse_topv_params(args.topv), overview_weight=args.overview_weight)
-
-
-def _report_json(report: TurnReport, devices: dict | None = None) -> str:
+def _report_json(answer: str, report: TurnReport, devices: dict | None = None) -> str:
+    """One answer as one JSON object: the answer first, then the options and the figures (times in ms)."""
     d = report.as_dict()
+    for key in ("prefill_ms", "ttft_ms", "generate_ms"):
+        d[key] = _ms(d[key])
+    for im in d["images"]:
+        for key in ("encode_ms", "probe_ms", "pass_ms", "decode_ms"):
+            im[key] = _ms(im[key])
+        im["kept_fraction"] = round(im["kept_fraction"], 4)
+    for pic in d["pictures"]:
+        pic["kept_fraction"] = round(pic["kept_fraction"], 4)
+    d["encode_ms"] = _ms(sum(i.encode_ms for i in report.images))
+    d["probe_ms"] = _ms(sum(i.probe_ms for i in report.images))
+    d["pass_ms"] = _ms(sum(i.pass_ms for i in report.images))
     if devices is not None:
         d["devices"] = devices  # which build and device ran (VisionChat.devices())
-    d["encode_ms"] = sum(i.encode_ms for i in report.images)
-    d["probe_ms"] = sum(i.probe_ms for i in report.images)
-    d["pass_ms"] = sum(i.pass_ms for i in report.images)
-    return json.dumps(d)
+    return json.dumps({"answer": answer, **d})
 
 
 def _print_stats(report: TurnReport | None, out) -> None:
@@ -255,8 +163,9 @@ class _Session:
             print("note: no picture in this conversation: the model answers from the text alone"
                   " (/image PATH adds one)", file=sys.stderr)
             self.noted_no_picture = True
-        _, report = self.chat.ask(text, images, on_token=_stream, stop=stop)
-        print()
+        answer, report = self.chat.ask(text, images, on_token=None if self.as_json else _stream, stop=stop)
+        if not self.as_json:
+            print()
         if report.stopped:
             print("(answer stopped)", file=sys.stderr)
         for im in report.images:
@@ -264,7 +173,7 @@ class _Session:
             if self.chat.topv.enabled and not im.pruned and not (im.kept_whole and im.role != "single"):
                 print(f"note: image not pruned: {im.note}", file=sys.stderr)
         if self.as_json:
-            print(_report_json(report, self.chat.devices()), flush=True)
+            print(_report_json(answer, report, self.chat.devices()), flush=True)
         self.last = report
         return report
 
@@ -292,7 +201,7 @@ class _StopOnCtrlC:
 
 def history_path() -> Path:
     """The REPL's readline history: in the project's cache directory ($XDG_CACHE_HOME or ~/.cache/topv-edge)."""
-    from .llama_libs import cache_root
+    from .llama.build import cache_root
 
     return cache_root() / "history"
 
@@ -339,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             print("ask it, e.g.: " + " / ".join(q["question"] for q in demo_questions()[:3]), file=sys.stderr)
     if not args.model:
         raise ChatError("give a model (MODEL.gguf IMAGE ...) or --demo; see --help")
-    options = _topv_options(args)
+    options = pruning_options(args)
     options.validate()
     _check_images(args.images)
     chat = VisionChat(args.model, args.mmproj, topv=options, n_ctx=args.ctx, threads=args.threads, seed=args.seed,
@@ -440,7 +349,7 @@ def _repl(session: _Session, pending: list[str]) -> int:
                 with stopper:
                     session.answer(line, images, stop=stopper)
             except ChatError as e:  # one bad turn (a full context, ...) does not end the chat
-                print(f"error: {e}", file=sys.stderr)
+                print(f"error: {in_flag_terms(e)}", file=sys.stderr)
                 if images:
                     print(f"(that message and its {len(images)} picture(s) were not sent)", file=sys.stderr)
                 if not interactive:
@@ -451,15 +360,7 @@ def _repl(session: _Session, pending: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except ChatError as e:
-        _progress("")
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        _progress("")
-        return 130
+    return run_command(lambda: run(args), cleanup=lambda: _progress(""))
 
 
 if __name__ == "__main__":

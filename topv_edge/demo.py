@@ -1,7 +1,7 @@
 """The demo for `python -m topv_edge.chat --demo`: the project's trained demo model and a picture.
 
 The model (docs/demo_model.md) is a 5M-parameter LLaVA-1.5-style pair trained by
-scripts/train_demo_vlm.py on the procedural shapes of `topv_edge.demo_data`; it ships inside the
+scripts/train_demo_vlm.py on the procedural shapes of `topv_edge.lab.data.demo`; it ships inside the
 package, as GGUF files llama.cpp loads like any LLaVA model. It answers, in one word, the kinds of
 question in `demo_questions()` about pictures like the bundled one (168 x 168, 144 image tokens).
 """

@@ -34,10 +34,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._native import METHODS
-from .pruning import DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT
-from .chat import _nonnegative_int, _Parser, _positive_float, _positive_int, parse_keep, parse_topv_params, threads_arg
-from .runtime import ChatError, TopVOptions, VisionChat
+from .cli import Parser, add_device_flags, add_pruning_flags, parse_topv_params, positive_int, run_command
+from .errors import ChatError
+from .options import TopVOptions
+from .pruning import METHODS
+from .session import VisionChat
 
 
 def normalise(text: str) -> str:
@@ -116,91 +117,81 @@ def check_out(path: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(prog="python -m topv_edge.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m topv_edge.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--mmproj")
     ap.add_argument("--data", required=True, type=Path, help="JSON lines: image, question, answer")
-    ap.add_argument("--keep", type=parse_keep, nargs="+", default=[0.5, 0.25, 0.11])
+    add_pruning_flags(ap, many=True)
     ap.add_argument("--method", default="topv,divprune,uniform2d,uniform",
                     help=f"comma-separated, from: {', '.join(METHODS)}; default topv,divprune,uniform2d,uniform")
-    ap.add_argument("--layer", type=_nonnegative_int, nargs="+", default=[DEFAULT_LAYER],
-                    help=f"probe layers (default {DEFAULT_LAYER}); e.g. 0 2 to compare")
     ap.add_argument("--positions", default="original",
                     help="comma-separated: original (the product), renumbered (diagnostic, see above)")
-    ap.add_argument("--topv", metavar="NAME=VALUE", action="append", default=[], help="a pass parameter, e.g. gamma=0.5")
-    ap.add_argument("--overview-weight", type=_positive_float, default=DEFAULT_OVERVIEW_WEIGHT,
-                    help="tiled pictures: the overview's weight in the picture's budget (1: the same ratio for every "
-                         f"chunk; inf: the overview kept whole); default {DEFAULT_OVERVIEW_WEIGHT:g}")
-    ap.add_argument("--limit", type=_positive_int, help="only the first N questions")
-    ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
-    ap.add_argument("--max-tokens", type=_positive_int, default=8, help="longest answer in tokens (default 8)")
-    ap.add_argument("--ngl", type=_nonnegative_int, default=None,
-                    help="text-model layers on the GPU, as llama.cpp's -ngl (default: all of them on a GPU build)")
-    ap.add_argument("--no-mmproj-offload", action="store_true",
-                    help="run the image encoder on the CPU (default: on the GPU when the build has one)")
+    ap.add_argument("--limit", type=positive_int, help="only the first N questions")
+    ap.add_argument("--max-tokens", type=positive_int, default=8, help="longest answer in tokens (default 8)")
+    add_device_flags(ap)
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--out", type=Path, help="also write the results (JSON) here; its directory must exist")
     args = ap.parse_args(argv)
-    try:
-        check_out(args.out)
-        methods = [m.strip() for m in args.method.split(",") if m.strip()]
-        bad = [m for m in methods if m not in METHODS]
-        if bad or not methods:
-            raise ChatError(f"unknown method(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
-        positions = [m.strip() for m in args.positions.split(",") if m.strip()]
-        bad = [m for m in positions if m not in ("original", "renumbered")]
-        if bad or not positions:
-            raise ChatError(f"unknown --positions {', '.join(bad)}; choose from original, renumbered")
-        params = parse_topv_params(args.topv)
-        items = read_items(args.data, args.limit)
-        show = (lambda i, n: print(f"\r  {i}/{n}", end="", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
-        rows = []
-        with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads,
-                        max_tokens=args.max_tokens, n_gpu_layers=args.ngl,
-                        mmproj_offload=not args.no_mmproj_offload) as chat:
-            t0 = time.perf_counter()
-            base = evaluate(chat, items, TopVOptions(enabled=False), show)
-            rows.append({"method": "none", **keep_fields(TopVOptions(enabled=False)), "layer": None,
-                         "positions": "original", **base, "retention": 1.0})
-            for pos in positions:
-                for method in methods:
-                    for layer in args.layer:
-                        for keep in args.keep:
-                            opts = TopVOptions(keep=keep, layer=layer, method=method, params=params,
-                                               renumber_positions=pos == "renumbered",
-                                               overview_weight=args.overview_weight)
-                            r = evaluate(chat, items, opts, show)
-                            rows.append({"method": method, **keep_fields(opts), "layer": layer, "positions": pos, **r,
-                                         "retention": r["accuracy"] / base["accuracy"] if base["accuracy"] else None})
-            seconds = time.perf_counter() - t0
-        if show:
-            print(file=sys.stderr)
-        result = {"model": str(args.model), "data": str(args.data), "n": len(items), "params": params,
-                  "seconds": seconds, "rows": rows}
-        if args.out:
-            try:
-                args.out.write_text(json.dumps(result, indent=1))
-            except OSError as e:
-                raise ChatError(f"could not write --out {args.out}: {e.strerror}") from None
-        if args.json:
-            print(json.dumps(result))
-        else:
-            kinds = sorted({k for r in rows for k in r["per_kind"]})
-            show_pos = positions != ["original"]
-            # keep as asked (25% = a ratio, "16 tok" = a count), then what was kept: fraction and tokens per image
-            width = max(len(r["method"]) for r in rows) + 2
-            print(f"{'method':<{width}}{'keep':>8}{'layer':>6}" + (f"{'positions':>12}" if show_pos else "")
-                  + f"{'kept':>7}{'tokens':>8}{'accuracy':>10}{'retention':>11}  " + "".join(f"{k:>9}" for k in kinds))
-            for r in rows:
-                layer = "-" if r["layer"] is None else str(r["layer"])
-                retention = "-" if r["retention"] is None else f"{r['retention']:.3f}"
-                print(f"{r['method']:<{width}}{r['keep_label']:>8}{layer:>6}" + (f"{r['positions']:>12}" if show_pos else "")
-                      + f"{r['kept_fraction']:>7.2f}{r['kept_tokens']:>8.1f}{r['accuracy']:>10.3f}{retention:>11}  "
-                      + "".join(f"{r['per_kind'].get(k, float('nan')):>9.3f}" for k in kinds))
-        return 0
-    except ChatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_out(args.out)
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ChatError(f"unknown method(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
+    positions = [m.strip() for m in args.positions.split(",") if m.strip()]
+    bad = [m for m in positions if m not in ("original", "renumbered")]
+    if bad or not positions:
+        raise ChatError(f"unknown --positions {', '.join(bad)}; choose from original, renumbered")
+    params = parse_topv_params(args.topv)
+    items = read_items(args.data, args.limit)
+    show = (lambda i, n: print(f"\r  {i}/{n}", end="", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
+    rows = []
+    with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads,
+                    max_tokens=args.max_tokens, n_gpu_layers=args.ngl,
+                    mmproj_offload=not args.no_mmproj_offload) as chat:
+        t0 = time.perf_counter()
+        base = evaluate(chat, items, TopVOptions(enabled=False), show)
+        rows.append({"method": "none", **keep_fields(TopVOptions(enabled=False)), "layer": None,
+                     "positions": "original", **base, "retention": 1.0})
+        for pos in positions:
+            for method in methods:
+                for layer in args.layer:
+                    for keep in args.keep:
+                        opts = TopVOptions(keep=keep, layer=layer, method=method, params=params,
+                                           renumber_positions=pos == "renumbered",
+                                           overview_weight=args.overview_weight)
+                        r = evaluate(chat, items, opts, show)
+                        rows.append({"method": method, **keep_fields(opts), "layer": layer, "positions": pos, **r,
+                                     "retention": r["accuracy"] / base["accuracy"] if base["accuracy"] else None})
+        seconds = time.perf_counter() - t0
+    if show:
+        print(file=sys.stderr)
+    result = {"model": str(args.model), "data": str(args.data), "n": len(items), "params": params,
+              "seconds": seconds, "rows": rows}
+    if args.out:
+        try:
+            args.out.write_text(json.dumps(result, indent=1))
+        except OSError as e:
+            raise ChatError(f"could not write --out {args.out}: {e.strerror}") from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        kinds = sorted({k for r in rows for k in r["per_kind"]})
+        show_pos = positions != ["original"]
+        # keep as asked (25% = a ratio, "16 tok" = a count), then what was kept: fraction and tokens per image
+        width = max(len(r["method"]) for r in rows) + 2
+        print(f"{'method':<{width}}{'keep':>8}{'layer':>6}" + (f"{'positions':>12}" if show_pos else "")
+              + f"{'kept':>7}{'tokens':>8}{'accuracy':>10}{'retention':>11}  " + "".join(f"{k:>9}" for k in kinds))
+        for r in rows:
+            layer = "-" if r["layer"] is None else str(r["layer"])
+            retention = "-" if r["retention"] is None else f"{r['retention']:.3f}"
+            print(f"{r['method']:<{width}}{r['keep_label']:>8}{layer:>6}" + (f"{r['positions']:>12}" if show_pos else "")
+                  + f"{r['kept_fraction']:>7.2f}{r['kept_tokens']:>8.1f}{r['accuracy']:>10.3f}{retention:>11}  "
+                  + "".join(f"{r['per_kind'].get(k, float('nan')):>9.3f}" for k in kinds))
+    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     import topv_edge                      # first: it points llama_cpp at the patched llama.cpp build
     from llama_cpp import Llama
 
-    handler = topv_edge.TopVChatHandler("mmproj.gguf", keep=0.25, layer=2)
+    handler = topv_edge.TopVChatHandler("mmproj.gguf", keep=0.25)
     llm = Llama("model.gguf", chat_handler=handler, n_ctx=4096, n_batch=1024, n_ubatch=1024)
     llm.create_chat_completion(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "file:///path/photo.jpg"}},
@@ -23,10 +23,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from . import llama_libs
-from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, default_method
-from .runtime import (ChatError, ImageReport, TopVOptions, check_threads, configure_topv, decode_image,
-                      explain_llama_error)
+from .errors import ChatError, explain_llama_error
+from .llama import libs as llama_libs
+from .llama.stage import ImageReport, configure_topv, decode_image
+from .options import DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, TopVOptions, check_threads
 
 _libs = llama_libs.load()
 
@@ -38,7 +38,7 @@ class TopVFallbackWarning(RuntimeWarning):
 
 
 class _TimedImages:
-    """llama_cpp.mtmd_cpp, except that image chunks go through `runtime.decode_image` (timed, reported).
+    """llama_cpp.mtmd_cpp, except that image chunks go through `topv_edge.llama.stage.decode_image` (timed, reported).
 
     MTMDChatHandler evaluates image chunks with mtmd_helper_eval_chunk_single; this does the same two
     steps (encode, then the patched decode), times the encode and keeps each image's report."""
@@ -80,7 +80,7 @@ class TopVChatHandler(MTMDChatHandler):
                  use_gpu: bool = True, overview_weight: float = DEFAULT_OVERVIEW_WEIGHT,
                  **topv_params: float | int) -> None:
         super().__init__(str(clip_model_path), verbose=verbose, use_gpu=use_gpu)
-        self.topv = TopVOptions(enabled=not no_prune, keep=keep, layer=layer, method=method or default_method(),
+        self.topv = TopVOptions(enabled=not no_prune, keep=keep, layer=layer, method=method or TopVOptions().method,
                                 params=dict(topv_params), overview_weight=overview_weight)
         try:
             self.topv.validate()
@@ -105,10 +105,8 @@ class TopVChatHandler(MTMDChatHandler):
             reason = _libs.topv_check_model(self.mtmd_ctx, llama_model.model)
             if reason is not None:
                 raise ValueError(f"the mmproj {Path(self.clip_model_path).name} does not match the model: {reason}")
-            n_layer = _libs.llama_cpp.llama_model_n_layer(llama_model.model)
-            if self.topv.enabled and self.topv.layer > n_layer - 2:
-                raise ValueError(f"layer={self.topv.layer}: the model has {n_layer} layers, TopV probes 0..{n_layer - 2}")
             try:
+                self.topv.validate(_libs.llama_cpp.llama_model_n_layer(llama_model.model))
                 configure_topv(_libs, self.mtmd_ctx, self.topv, self.threads or llama_model.n_threads)
             except ChatError as e:
                 raise ValueError(str(e)) from None

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from ._native import METHODS
-from .pruning import DEFAULT_KEEP, DEFAULT_LAYER, default_method
-from .chat import _nonnegative_int, _Parser, parse_keep, threads_arg
-from .runtime import ChatError, TopVOptions, VisionChat
+from .cli import Parser, add_pruning_flags, pruning_options, run_command, threads_arg
+from .errors import ChatError
+from .session import VisionChat
 
 MIN_SIDE = 512     # smaller pictures are enlarged to at least this (longer side)
 TITLE_PX = 28      # height of the title band
@@ -145,57 +143,53 @@ def check_output(path: Path, flag: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(prog="python -m topv_edge.viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m topv_edge.viz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="the text model (.gguf)")
     ap.add_argument("image", help="the picture (PNG, JPEG, ... anything Pillow reads; 16-bit too)")
     ap.add_argument("-o", "--out", type=Path, default=Path("kept.png"), help="the kept/pruned view (default kept.png)")
     ap.add_argument("--heatmap", type=Path, help="where to write the score heat map (default <out>-scores.png)")
     ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
-    ap.add_argument("--keep", type=parse_keep, default=DEFAULT_KEEP,
-                    help=f"a ratio (0.25), percentage (25%%) or whole token count (144) to keep; default {DEFAULT_KEEP}")
-    ap.add_argument("--layer", type=_nonnegative_int, default=DEFAULT_LAYER, help=f"the probed layer Li (default {DEFAULT_LAYER})")
-    ap.add_argument("--method", choices=list(METHODS), default=default_method(),
-                    help=f"how to choose the kept tokens (default {default_method()})")
+    add_pruning_flags(ap)
     ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
     args = ap.parse_intermixed_args(argv)
-    try:
-        from PIL import Image
+    return run_command(lambda: _run(args))
 
-        heatmap = args.heatmap or args.out.with_name(args.out.stem + "-scores" + args.out.suffix)
-        check_output(args.out, "-o")
-        check_output(heatmap, "--heatmap")
-        options = TopVOptions(keep=args.keep, layer=args.layer, method=args.method)
-        with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1) as chat:
-            reports, _, _ = chat.add_user_message("Describe the picture.", [args.image])
-            if len(reports) != 1:  # the kept cells of tiles cut from a resized copy: not drawn on the picture yet
-                raise ChatError(f"this model made {len(reports)} image chunks of the picture (an overview and "
-                                f"{sum(r.role == 'tile' for r in reports)} tiles); the viz draws pictures of one chunk "
-                                "only: give a picture small enough not to be tiled, or see what each chunk kept with "
-                                "python -m topv_edge.chat ... --json")
-            (report,) = reports
-            selection = chat.last_selection()
-            if selection is None:
-                raise ChatError(f"the image was not pruned: {report.note}")
-        kept, scores, grid = selection
-        picture = Image.open(Path(args.image).expanduser())
-        scale = upscale_factor(picture.size)
-        size = (picture.size[0] * scale, picture.size[1] * scale)
-        what = (f"{args.method}, keep {options.keep_label()}: {report.n_kept}/{report.n_tokens} tokens, "
-                f"layer {args.layer}")
-        view = titled(kept_overlay(picture, kept, grid, scale=scale), what)
-        heat = titled(with_colour_bar(score_heatmap(scores, grid, size), float(scores.min()), float(scores.max())),
-                      f"scores ({what})")
-        try:
-            view.save(args.out)
-            heat.save(heatmap)
-        except OSError as e:
-            raise ChatError(f"could not write the pictures: {e}") from None
-        print(f"{args.out}: {report.n_kept} of {report.n_tokens} tokens kept on a {grid[0]}x{grid[1]} grid"
-              f"{f' (shown {scale}x larger)' if scale > 1 else ''}; scores in {heatmap}")
-        return 0
-    except ChatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    heatmap = args.heatmap or args.out.with_name(args.out.stem + "-scores" + args.out.suffix)
+    check_output(args.out, "-o")
+    check_output(heatmap, "--heatmap")
+    options = pruning_options(args)
+    with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1) as chat:
+        reports, _, _ = chat.add_user_message("Describe the picture.", [args.image])
+        if len(reports) != 1:  # the kept cells of tiles cut from a resized copy: not drawn on the picture yet
+            raise ChatError(f"this model made {len(reports)} image chunks of the picture (an overview and "
+                            f"{sum(r.role == 'tile' for r in reports)} tiles); the viz draws pictures of one chunk "
+                            "only: give a picture small enough not to be tiled, or see what each chunk kept with "
+                            "python -m topv_edge.chat ... --json")
+        (report,) = reports
+        selection = chat.last_selection()
+        if selection is None:
+            raise ChatError(f"the image was not pruned: {report.note}")
+    kept, scores, grid = selection
+    picture = Image.open(Path(args.image).expanduser())
+    scale = upscale_factor(picture.size)
+    size = (picture.size[0] * scale, picture.size[1] * scale)
+    what = (f"{args.method}, keep {options.keep_label()}: {report.n_kept}/{report.n_tokens} tokens, "
+            f"layer {args.layer}")
+    view = titled(kept_overlay(picture, kept, grid, scale=scale), what)
+    heat = titled(with_colour_bar(score_heatmap(scores, grid, size), float(scores.min()), float(scores.max())),
+                  f"scores ({what})")
+    try:
+        view.save(args.out)
+        heat.save(heatmap)
+    except OSError as e:
+        raise ChatError(f"could not write the pictures: {e}") from None
+    print(f"{args.out}: {report.n_kept} of {report.n_tokens} tokens kept on a {grid[0]}x{grid[1]} grid"
+          f"{f' (shown {scale}x larger)' if scale > 1 else ''}; scores in {heatmap}")
+    return 0
 
 
 if __name__ == "__main__":

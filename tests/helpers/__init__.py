@@ -1,0 +1,1 @@
+"""What several test rooms share (pytest puts tests/ on sys.path: pyproject.toml)."""

@@ -1,0 +1,324 @@
+"""The patched llama.cpp libraries, loaded through llama-cpp-python, and the C functions the patch adds.
+
+`scripts/build_llama_cpp.sh` builds llama.cpp with patches/ once into a cache directory keyed by the
+llama.cpp commit and the patch; llama-cpp-python is installed without a llama.cpp of its own and
+is pointed at that build through LLAMA_CPP_LIB_PATH and MTMD_CPP_LIB, which it reads when first
+imported. So `load()` must run before anything imports llama_cpp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import LlamaBuildMissing
+from ..pruning.native import TopVParams
+from .build import build_backend, build_dir, stale_build_message
+
+# --- the structs the patch adds to mtmd.h ------------------------------------------------------
+
+
+class MtmdTopvParams(ctypes.Structure):
+    """Mirror of `struct mtmd_topv_params`."""
+
+    _fields_ = [
+        ("enabled", ctypes.c_bool),
+        ("keep_ratio", ctypes.c_float),
+        ("keep_count", ctypes.c_int32),
+        ("layer", ctypes.c_int32),
+        ("pass_params", TopVParams),
+        ("renumber_positions", ctypes.c_bool),
+        ("overview_weight", ctypes.c_float),  # tiled pictures: the overview's weight in the picture's budget
+    ]
+
+
+class MtmdTopvStats(ctypes.Structure):
+    """Mirror of `struct mtmd_topv_stats`."""
+
+    _fields_ = [
+        ("result", ctypes.c_int32),
+        ("n_tokens", ctypes.c_int32),
+        ("n_kept", ctypes.c_int32),
+        ("grid_w", ctypes.c_int32),
+        ("grid_h", ctypes.c_int32),
+        ("n_embd", ctypes.c_int32),
+        ("probe_ms", ctypes.c_double),
+        ("pass_ms", ctypes.c_double),
+        ("decode_ms", ctypes.c_double),
+        ("probe_max_layer", ctypes.c_int32),
+        ("n_grid", ctypes.c_int32),         # grid tokens (rows of scores and features); 0 from older builds
+        ("n_always_kept", ctypes.c_int32),  # structural tokens kept on top of the grid's
+        # the chunk's place in its picture (mtmd_topv_chunk_role: 0 single, 1 overview, 2 tile)
+        ("picture", ctypes.c_int32),
+        ("role", ctypes.c_int32),
+        ("tile_x", ctypes.c_int32),
+        ("tile_y", ctypes.c_int32),
+        ("tiles_x", ctypes.c_int32),
+        ("tiles_y", ctypes.c_int32),
+        ("chunk_index", ctypes.c_int32),
+        ("n_chunks", ctypes.c_int32),
+        ("n_picture_tokens", ctypes.c_int32),
+        ("n_budget", ctypes.c_int32),
+    ]
+
+
+
+MTMD_TOPV_PRUNED = 0
+MTMD_TOPV_DISABLED = 1
+MTMD_TOPV_KEEP_ALL = 2
+MTMD_TOPV_UBATCH_TOO_SMALL = 4
+
+
+# --- llama.cpp's log, captured ---------------------------------------------------------------------
+
+
+GGML_LOG_LEVEL_WARN = 3   # enum ggml_log_level
+GGML_LOG_LEVEL_ERROR = 4
+GGML_LOG_LEVEL_CONT = 5   # continues the previous message
+
+
+@dataclass
+class LogRecorder:
+    """The log lines (level, text) llama.cpp wrote while one call ran."""
+
+    lines: list[tuple[int, str]] = field(default_factory=list)
+
+    def errors(self) -> list[str]:
+        """The error-level lines, in order (what llama.cpp said went wrong)."""
+        return [text for level, text in self.lines if level == GGML_LOG_LEVEL_ERROR and text]
+
+    def last(self) -> str:
+        """The first error line, else the last warning ("" if neither): the cause, not the last thing logged."""
+        errors = self.errors()
+        if errors:
+            return errors[0]
+        warnings = [text for level, text in self.lines if level == GGML_LOG_LEVEL_WARN and text]
+        return warnings[-1] if warnings else ""
+
+
+class LlamaLog:
+    """llama.cpp and mtmd log into here: shown on stderr when verbose, otherwise kept for error messages."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self._recorders: list[LogRecorder] = []
+        self._partial = ""
+        self._partial_level = 1
+
+    def __call__(self, level: int, text: bytes, user_data: object) -> None:
+        s = text.decode("utf-8", "replace") if text else ""
+        if self.verbose:
+            sys.stderr.write(s)
+        if level != GGML_LOG_LEVEL_CONT:
+            self._partial_level = level
+        self._partial += s
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            for r in self._recorders:
+                r.lines.append((self._partial_level, line.strip()))
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[LogRecorder]:
+        rec = LogRecorder()
+        self._recorders.append(rec)
+        try:
+            yield rec
+        finally:
+            self._recorders.remove(rec)
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LlamaLibs:
+    """llama_cpp's modules bound to the patched build, and the patch's own functions."""
+
+    llama_cpp: ModuleType
+    mtmd_cpp: ModuleType
+    log: LlamaLog
+    directory: Path
+    _callback: object  # keeps the ctypes log callback alive
+
+    @property
+    def backend(self) -> str:
+        """The backend this build was made for (cpu, vulkan, cuda, metal)."""
+        return build_backend(self.directory)
+
+    def gpu_devices(self) -> list[str]:
+        """The GPU devices ggml sees in this build ("Vulkan0: llvmpipe (LLVM 15.0.6, 256 bits)"); [] when none
+        (a CPU build, or no usable device: llama.cpp then runs everything on the CPU)."""
+        libs = [p for p in (self.directory / "lib").iterdir() if p.name.split(".")[0] in ("libggml", "ggml")]
+        if not libs:
+            return []
+        g = ctypes.CDLL(str(libs[0]))  # already loaded by libllama: the same handle
+        g.ggml_backend_dev_count.restype = ctypes.c_size_t
+        g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        g.ggml_backend_dev_get.restype = ctypes.c_void_p
+        for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+            getattr(g, fn).argtypes = [ctypes.c_void_p]
+            getattr(g, fn).restype = ctypes.c_char_p
+        g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        g.ggml_backend_dev_type.restype = ctypes.c_int
+        out = []
+        for i in range(g.ggml_backend_dev_count()):
+            dev = g.ggml_backend_dev_get(i)
+            if g.ggml_backend_dev_type(dev) in (1, 2):  # GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU
+                out.append(f"{g.ggml_backend_dev_name(dev).decode()}: {g.ggml_backend_dev_description(dev).decode()}")
+        return out
+
+    def topv_default_params(self) -> MtmdTopvParams:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_default_params()
+
+    def topv_set_params(self, mctx: object, params: MtmdTopvParams) -> int:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_set_params(mctx, ctypes.byref(params))
+
+    def topv_get_params(self, mctx: object) -> MtmdTopvParams:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_get_params(mctx)
+
+    def topv_stats(self, mctx: object) -> MtmdTopvStats:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_get_stats(mctx)
+
+    def topv_chunk_n_kept(self, mctx: object, model: object, chunk: object) -> int:
+        """Tokens the stage will decode for an image chunk with the current parameters (its share of the picture's
+        budget plus structural tokens; all of them when it would not prune it)."""
+        return int(self.mtmd_cpp._libmtmd.mtmd_topv_chunk_n_kept(mctx, model, chunk))
+
+    def topv_reason(self, mctx: object) -> str:
+        """The stage's sentence for the last image's result (mtmd_topv_get_reason; "" from builds without it)."""
+        fn = getattr(self.mtmd_cpp._libmtmd, "mtmd_topv_get_reason", None)
+        if fn is None or fn.restype is not ctypes.c_char_p:
+            return ""
+        text = fn(mctx)
+        return text.decode("utf-8", "replace") if text else ""
+
+    def topv_result_string(self, result: int) -> str:
+        return self.mtmd_cpp._libmtmd.mtmd_topv_result_string(result).decode()
+
+    def topv_chunk_role(self, role: int) -> str:
+        """The name of a mtmd_topv_chunk_role: "single", "overview", "tile" ("unknown" otherwise)."""
+        return self.mtmd_cpp._libmtmd.mtmd_topv_chunk_role_name(role).decode()
+
+    def topv_check_model(self, mctx: object, model: object) -> str | None:
+        """Why the mmproj does not fit the text model per the stage's layout table (None: it fits).
+
+        mtmd_topv_check_model compares the projector with the text model's architecture and rope type; a build
+        without it (an older patch) skips the check and returns None."""
+        fn = getattr(self.mtmd_cpp._libmtmd, "mtmd_topv_check_model", None)
+        if fn is None or fn.restype is not ctypes.c_int32:
+            return None
+        reason = ctypes.create_string_buffer(512)
+        if fn(mctx, model, reason, len(reason)) == 0:
+            return None
+        return reason.value.decode("utf-8", "replace") or "the stage's layout table refuses this pair"
+
+    def topv_kept(self, mctx: object) -> np.ndarray | None:
+        """Kept indices of the last image (a copy), None if it was not pruned."""
+        st = self.topv_stats(mctx)
+        ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_kept(mctx)
+        return np.ctypeslib.as_array(ptr, (st.n_kept,)).copy() if ptr else None
+
+    def topv_scores(self, mctx: object) -> np.ndarray | None:
+        st = self.topv_stats(mctx)
+        ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_scores(mctx)
+        return np.ctypeslib.as_array(ptr, (st.n_grid or st.n_tokens,)).copy() if ptr else None
+
+    def kv_cell_positions(self, ctx: object, seq_id: int = 0) -> np.ndarray:
+        """Positions of the KV cells holding `seq_id`, from llama.cpp's sequence state (llama_state_seq_get_data).
+
+        The state starts with a magic number and the sequence id (llama_context::state_seq_get_data), then
+        n_stream, then per stream the cell count and, per cell, pos (int32), n_seq_id
+        (uint32), an M-RoPE extension (llama_kv_cell_ext: x, y, tok, int32) when the model has one, and the seq ids
+        (src/llama-kv-cache.cpp state_write / state_write_meta). Only the first stream is read."""
+        L = self.llama_cpp
+        size = L.llama_state_seq_get_size(ctx, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        L.llama_state_seq_get_data(ctx, buf, size, seq_id)
+        raw = np.frombuffer(bytes(buf), dtype=np.uint8)
+        words = raw[: (len(raw) // 4) * 4].view(np.int32)
+        n_cells = int(words[3])
+        mrope = L.llama_model_rope_type(L.llama_get_model(ctx)) in (8, 40)  # LLAMA_ROPE_TYPE_MROPE / _IMROPE
+        stride = 2 + (3 if mrope else 0) + 1  # one sequence id per cell (single-sequence use)
+        return words[4:4 + n_cells * stride].reshape(n_cells, stride)[:, 0].copy()
+
+    def topv_features(self, mctx: object, target: bool) -> np.ndarray | None:
+        """The probed source (target=False) or target features of the last pruned image, N x d float32."""
+        st = self.topv_stats(mctx)
+        ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_features(mctx, target)
+        return np.ctypeslib.as_array(ptr, (st.n_grid or st.n_tokens, st.n_embd)).copy() if ptr else None
+
+
+def _bind(lib: ctypes.CDLL, name: str, argtypes: list, restype: object) -> None:
+    try:
+        fn = getattr(lib, name)
+    except AttributeError:
+        raise LlamaBuildMissing(f"{name} is missing from {lib._name}: that llama.cpp is not the TopV-patched build; "
+                                "run scripts/build_llama_cpp.sh") from None
+    fn.argtypes = argtypes
+    fn.restype = restype
+
+
+@lru_cache(maxsize=1)
+def load() -> LlamaLibs:
+    """Import llama_cpp against the patched build (once per process) and bind the patch's functions.
+
+    llama.cpp's log goes to `LlamaLibs.log` (quiet unless `log.verbose` is set)."""
+    directory = build_dir()
+    lib_dir = directory / "lib"
+    if not (lib_dir.is_dir() and any(lib_dir.glob("*mtmd*"))):
+        backend = "" if os.environ.get("TOPV_EDGE_LLAMA_DIR") else f" --backend {directory.name.rsplit('-', 1)[-1]}"
+        raise LlamaBuildMissing(f"the TopV-patched llama.cpp is not built (expected in {directory}); "
+                                f"run scripts/build_llama_cpp.sh{backend} (the README's set-up command does)")
+    stale = stale_build_message(directory)
+    if stale:
+        warnings.warn(stale, stacklevel=2)
+    if "llama_cpp" in sys.modules:
+        loaded = Path(sys.modules["llama_cpp"].llama_cpp._lib._name).parent  # type: ignore[attr-defined]
+        if loaded.resolve() != lib_dir.resolve():
+            raise LlamaBuildMissing(f"llama_cpp was imported before topv_edge could point it at the patched build "
+                                    f"({loaded} instead of {lib_dir}); import topv_edge first")
+    for var in ("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB"):
+        if os.environ.get(var) and Path(os.environ[var]).resolve() != lib_dir.resolve():
+            raise LlamaBuildMissing(f"{var}={os.environ[var]} points away from the patched build {lib_dir}")
+        os.environ[var] = str(lib_dir)
+    import llama_cpp
+    import llama_cpp.mtmd_cpp as mtmd_cpp
+
+    m = mtmd_cpp._libmtmd
+    l = llama_cpp.llama_cpp._lib
+    vp = ctypes.c_void_p
+    _bind(m, "mtmd_topv_default_params", [], MtmdTopvParams)
+    _bind(m, "mtmd_topv_set_params", [vp, ctypes.POINTER(MtmdTopvParams)], ctypes.c_int32)
+    _bind(m, "mtmd_topv_get_params", [vp], MtmdTopvParams)
+    _bind(m, "mtmd_topv_get_stats", [vp], MtmdTopvStats)
+    _bind(m, "mtmd_topv_result_string", [ctypes.c_int32], ctypes.c_char_p)
+    _bind(m, "mtmd_topv_get_kept", [vp], ctypes.POINTER(ctypes.c_int32))
+    _bind(m, "mtmd_topv_get_scores", [vp], ctypes.POINTER(ctypes.c_double))
+    _bind(m, "mtmd_topv_get_features", [vp, ctypes.c_bool], ctypes.POINTER(ctypes.c_float))
+    _bind(m, "mtmd_topv_chunk_n_kept", [vp, vp, vp], ctypes.c_int32)
+    _bind(m, "mtmd_topv_chunk_role_name", [ctypes.c_int32], ctypes.c_char_p)
+    _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
+    _bind(l, "llama_set_n_layer_limit", [vp, ctypes.c_uint32], None)
+    _bind(l, "llama_get_n_layer_limit", [vp], ctypes.c_uint32)
+    # optional: newer patches only (the family check skips without it)
+    if hasattr(m, "mtmd_topv_check_model"):
+        _bind(m, "mtmd_topv_check_model", [vp, vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int32)
+    if hasattr(m, "mtmd_topv_get_reason"):
+        _bind(m, "mtmd_topv_get_reason", [vp], ctypes.c_char_p)
+
+    log = LlamaLog(verbose=False)
+    callback = llama_cpp.llama_log_callback(log)
+    llama_cpp.llama_log_set(callback, None)
+    mtmd_cpp.mtmd_helper_log_set(callback, None)
+    llama_cpp.llama_backend_init()
+    return LlamaLibs(llama_cpp=llama_cpp, mtmd_cpp=mtmd_cpp, log=log, directory=directory, _callback=callback)

@@ -1,0 +1,79 @@
+"""What a turn did, for people and for --json: per picture and per turn (per image chunk: ImageReport)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..llama.stage import ImageReport
+
+
+@dataclass
+class PictureReport:
+    """One picture of a turn and its image chunks (one, or an overview and tiles), in decode order."""
+    index: int
+    chunks: list[ImageReport]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(c.n_tokens for c in self.chunks)
+
+    @property
+    def n_kept(self) -> int:
+        return sum(c.n_kept for c in self.chunks)
+
+    @property
+    def n_tiles(self) -> int:
+        return sum(c.role == "tile" for c in self.chunks)
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        return self.chunks[0].tiles
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"picture": self.index, "tiles": self.n_tiles, "tile_grid": list(self.tiles), "n_tokens": self.n_tokens,
+                "n_kept": self.n_kept, "kept_fraction": self.n_kept / self.n_tokens if self.n_tokens else 1.0,
+                "chunks": [{"role": c.role, "tile": list(c.tile) if c.tile else None, "n_tokens": c.n_tokens,
+                            "n_kept": c.n_kept, "pruned": c.pruned, "note": c.note} for c in self.chunks]}
+
+
+def group_pictures(images: list[ImageReport]) -> list[PictureReport]:
+    """The chunks of a turn grouped into their pictures (consecutive chunks with the same picture index)."""
+    pictures: list[PictureReport] = []
+    for im in images:
+        if pictures and pictures[-1].index == im.picture and im.role != "single":
+            pictures[-1].chunks.append(im)
+        else:
+            pictures.append(PictureReport(im.picture, [im]))
+    return pictures
+
+
+@dataclass
+class TurnReport:
+    images: list[ImageReport]
+    text_tokens: int      # prompt text tokens evaluated this turn
+    prefill_ms: float     # all prompt chunks (text + images), encode included
+    ttft_ms: float        # from the start of the turn to the first answer token
+    generated_tokens: int
+    generate_ms: float
+    kv_cells: int         # KV cells in use after the turn (text + kept image tokens + answer)
+    n_ctx: int
+    keep: str = "all"     # the requested keep, unambiguous: "25%" (a ratio) or "16 tokens" (a count)
+    keep_ratio: float | None = None  # the requested ratio (None when keep is a count or pruning is off)
+    keep_count: int | None = None    # the requested count (None when keep is a ratio or pruning is off)
+    method: str = ""      # the method that chose the kept tokens
+    layer: int | None = None  # the probe layer Li the method read
+    stopped: bool = False  # the answer was cut short by the caller (Ctrl-C in the chat)
+
+    @property
+    def pictures(self) -> list[PictureReport]:
+        return group_pictures(self.images)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for im, di in zip(self.images, d["images"]):
+            di["kept_fraction"] = im.kept_fraction
+        d["image_tokens"] = sum(i.n_tokens for i in self.images)
+        d["kept_tokens"] = sum(i.n_kept for i in self.images)
+        d["pictures"] = [p.as_dict() for p in self.pictures]
+        return d
