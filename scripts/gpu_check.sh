@@ -44,9 +44,9 @@ mkdir -p results
 
 status=0
 # the CPU/GPU comparison (both builds in child processes), then the existing stage tests on the GPU build
-TOPV_EDGE_TEST_GPU_BACKEND=$backend python -m pytest -q tests/test_backends.py \
+TOPV_EDGE_TEST_GPU_BACKEND=$backend python -m pytest -q tests/llama/test_backends.py \
     --junitxml "results/gpu_check-$backend-backends.xml" || status=1
-TOPV_EDGE_BACKEND=$backend python -m pytest -q tests/test_llama_patch.py \
+TOPV_EDGE_BACKEND=$backend python -m pytest -q tests/llama/test_llama_patch.py \
     --junitxml "results/gpu_check-$backend-stage.xml" || status=1
 python scripts/bench_e2e.py --backend cpu "$backend" --ngl 99 --presets llava:1b --keep 1.0 0.25 --layer 2 \
     --repeats 2 --json "results/gpu_check-$backend-bench.json" --png "results/gpu_check-$backend-bench.png" || status=1

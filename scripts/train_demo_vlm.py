@@ -60,7 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # topv_edge first: it points llama_cpp at the project's patched llama.cpp build (the only one installed;
-# with TopV off it computes bit-identically to stock llama.cpp, tests/test_llama_patch.py checks that)
+# with TopV off it computes bit-identically to stock llama.cpp, tests/llama/test_llama_patch.py checks that)
 from topv_edge.lab.data import demo as D  # noqa: E402
 from topv_edge.lab import synth as S  # noqa: E402
 from topv_edge.session.templates import LLAVA15_TEMPLATE, compile_chat_template  # noqa: E402

@@ -9,7 +9,7 @@ from typing import Any
 from .errors import ChatError, OptionError, TopVError
 from .llama.build import point_llama_cpp_at_build
 from .options import TopVOptions
-from .pruning import BACKENDS, METHODS, PARAM_NAMES, default_params, keep_count, select
+from .pruning import BACKENDS, PARAM_NAMES, default_params, keep_count, select
 
 point_llama_cpp_at_build()
 
@@ -19,7 +19,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # the llama.cpp side loads only when asked for: the pass works without a llama.cpp build
+    # the C library's method table, and the llama.cpp side, load only when asked for: the pass works without a
+    # llama.cpp build, and importing the package needs neither
+    if name == "METHODS":
+        from .pruning import native
+
+        return native.METHODS
     if name == "TopVChatHandler":
         from .handler import TopVChatHandler
 

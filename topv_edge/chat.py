@@ -84,8 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _ms(x: float) -> float | None:
-    """A time for JSON: 0.1 ms resolution, null when not measured (NaN)."""
-    return None if x != x else round(x, 1)
+    """A time for JSON: three significant digits (what the clock's noise leaves), null when not measured (NaN)."""
+    return None if x != x else float(f"{x:.3g}")
 
 
 def _report_json(answer: str, report: TurnReport, devices: dict | None = None) -> str:

@@ -118,10 +118,12 @@ def test_handler_warns_when_an_image_is_decoded_unpruned(models_dir, picture, li
 def test_handler_refuses_bad_options_at_once(models_dir, libs):
     import topv_edge
 
-    for kwargs, message in (({"keep": 0}, "at least 1"), ({"method": "fastv"}, "--method must be one of"),
-                            ({"threads": 0}, "--threads must be")):
-        with pytest.raises(ValueError, match=message):
+    # the library's words: its parameters' names, never the command line's flags
+    for kwargs, message in (({"keep": 0}, "keep count must be at least 1"), ({"method": "fastv"}, "method must be one of"),
+                            ({"threads": 0}, "threads must be"), ({"layer": -1}, "layer must be a whole number")):
+        with pytest.raises(ValueError, match=message) as e:
             topv_edge.TopVChatHandler(models_dir / "mmproj-llava-tiny.gguf", **kwargs)
+        assert "--" not in str(e.value)
 
 
 def test_errors_are_plain_messages_with_exit_code_2(models_dir, picture, tmp_path, libs):
@@ -142,7 +144,7 @@ def test_errors_are_plain_messages_with_exit_code_2(models_dir, picture, tmp_pat
         ((model, str(picture), "-p", "x", "--keep", "0"), "at least 1"),
         ((model, str(picture), "-p", "x", "--layer", "9"), "--layer must be 0..2"),
         ((str(models_dir / "qwen2vl-tiny.gguf"), str(picture), str(picture), "-p", "x", "--no-prune", "--ctx", "64"),
-         "larger --ctx"),  # llama.cpp rounds n_ctx up to 256; two unpruned images need 288 cells
+         "--ctx is too small"),  # llama.cpp rounds n_ctx up to 256; two unpruned images need 288 cells
         ((model, str(picture), "-p", "x", "--topv", "gamma"), "NAME=VALUE"),
         ((model, str(picture), "-p", "x", "--mmproj", str(models_dir / "mmproj-qwen2vl-tiny.gguf")), "does not match"),
     ]

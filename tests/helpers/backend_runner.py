@@ -1,11 +1,11 @@
-"""Runs the TopV stage on the llama.cpp build of one backend and saves what it saw (for tests/test_backends.py).
+"""Runs the TopV stage on the llama.cpp build of one backend and saves what it saw (for tests/llama/test_backends.py).
 
 One process loads one llama.cpp build (TOPV_EDGE_BACKEND or TOPV_EDGE_LLAMA_DIR chooses it), so the comparison of
 backends runs this once per backend and compares the files. Per family: a question about the picture with pruning
 off, at keep 1.0 and pruned (keep, layer): the next-token logits after the prompt, the KV cell positions, the
 answer to a follow-up question, and for the pruned run the kept set, the probed features and the stage's stats.
 
-    TOPV_EDGE_BACKEND=vulkan python tests/backend_runner.py --models DIR --picture P --out OUT --ngl 99
+    TOPV_EDGE_BACKEND=vulkan python tests/helpers/backend_runner.py --models DIR --picture P --out OUT --ngl 99
 """
 
 from __future__ import annotations

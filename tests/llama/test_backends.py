@@ -3,7 +3,7 @@ CPU and Vulkan builds side by side.
 
 The first tests run in this process, on the build topv_edge loads (the CPU one unless TOPV_EDGE_BACKEND says
 otherwise): every model graph the project generates builds only the layers the limit asks for. The others run
-tests/backend_runner.py once per (backend, offload) in a child process (one llama.cpp build per process) and compare
+tests/helpers/backend_runner.py once per (backend, offload) in a child process (one llama.cpp build per process) and compare
 what it saw: keep 1.0 bit-identical to pruning off, the kept set = topv_edge.select on the probed features, KV
 cells = text + kept, no node above layer Li + 1 computed during the probe, and the pruned logits and answers of
 the Vulkan build equal to the CPU build's. A backend whose build is absent is skipped with the command that builds
@@ -157,7 +157,7 @@ _RUNS: dict[tuple, dict] = {}
 
 def stage_run(models_dir: Path, picture: Path, tmp_root: Path, backend: str, ngl: int | str,
               mmproj_offload: bool = True, families: tuple[str, ...] = FAMILIES) -> dict:
-    """tests/backend_runner.py on `backend` (cached per session): per family, pruning off, keep 1.0 and keep 0.25
+    """tests/helpers/backend_runner.py on `backend` (cached per session): per family, pruning off, keep 1.0 and keep 0.25
     at layer LAYER: logits, answer, KV cell positions, kept set, probed features, stats."""
     key = (backend, ngl, mmproj_offload, families)
     if key not in _RUNS:

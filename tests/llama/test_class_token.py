@@ -1,5 +1,5 @@
 """LLaVA-1.5's CLIP tower in llama.cpp against an independent float64 reference of HF's forward
-(tests/llama_reference.py ClipReference): the class token first, patches at positions 1..N, the projector
+(tests/helpers/llama_reference.py ClipReference): the class token first, patches at positions 1..N, the projector
 fed the penultimate block. patches/10-clip-class-token-first.patch fixes the order (upstream issue 25814)
 and the encoder depth (upstream issue 25817); without it the tokens below are far from the reference."""
 

@@ -159,7 +159,10 @@ def run_mtmd_cli(models_dir, tmp_path_factory, family: str, *flags: str) -> subp
 
 @pytest.mark.parametrize("family", TILED)
 def test_unpruned_tiled_answer_through_llama_mtmd_cli(tiled_models_dir, libs, tmp_path_factory, family):
-    run_mtmd_cli(tiled_models_dir, tmp_path_factory, family)
+    r = run_mtmd_cli(tiled_models_dir, tmp_path_factory, family)
+    # mtmd encoded every chunk of the picture (overview and tiles), the same chunks as the Python side's tokenising
+    encoded = [line for line in (r.stdout + r.stderr).splitlines() if "slice encoded in" in line]
+    assert len(encoded) == len(EXPECTED[family]), (r.stdout + r.stderr)[-2000:]
 
 
 # --- the TopV stage on tiled pictures: one budget per picture ---------------------------------------

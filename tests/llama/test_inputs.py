@@ -51,7 +51,8 @@ def test_load_errors_name_the_cause(models_dir, picture, tmp_path, libs):
         ((llava, models_dir / "qwen2vl-tiny.gguf"), ["is a text model (qwen2vl), not an mmproj"]),
         # a KV cache of 123 GB (larger contexts spend minutes in llama.cpp before they fail)
         ((DEMO_MODEL, DEMO_MMPROJ, "--ctx", "30000000"), ["not enough memory for a context of 30000000 tokens",
-                                                          "use a smaller --ctx", "failed to allocate"]),
+                                                          "--ctx of 30000000 tokens does not fit", "ask for a smaller one",
+                                                          "failed to allocate"]),
     ]
     for (model, proj, *flags), messages in cases:
         r = chat(str(model), str(picture), "--mmproj", str(proj), *flags, "-p", "x", "--max-tokens", "1",
@@ -129,12 +130,12 @@ def test_options_may_come_between_the_files(models_dir, picture, libs):
 def test_flags_are_checked_with_the_real_limits(models_dir, picture, libs):
     model = str(models_dir / "llava-tiny.gguf")
     for flags, message in [
-        (["--threads", "0"], "--threads: must be 1..512"),
-        (["--threads", "-1"], "--threads: must be 1..512"),
-        (["--threads", "1000"], "--threads: must be 1..512"),
+        (["--threads", "0"], "--threads: must be a whole number from 1 to 512"),
+        (["--threads", "-1"], "--threads: must be a whole number from 1 to 512"),
+        (["--threads", "1000"], "--threads: must be a whole number from 1 to 512"),
         (["--method", "fastv"], "invalid choice: 'fastv'"),
-        (["--keep", "150%"], "percentage must be in (0%, 100%]"),
-        (["--layer", "3"], "it has 4 layers, so --layer must be 0..2"),  # 0..n_layer-2: the last layer is refused
+        (["--keep", "150%"], "--keep: ratio must be in (0, 1], got 1.5"),
+        (["--layer", "3"], "--layer must be 0..2 for this model (4 layers"),  # 0..n_layer-2: the last layer is refused
         (["--max-tokens", "0"], "at least 1"),
     ]:
         refused(chat(model, str(picture), "-p", "x", *flags), message)

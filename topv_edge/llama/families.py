@@ -2,7 +2,7 @@
 
 One entry per projector type of the pinned llama.cpp: the models it serves, whether the stage prunes it (and how
 the chunk's tokens form the grid) or why it declines it. The README's "Supported families" table is generated from
-it (`python -m topv_edge.llama.families`) and checked against it by tests/test_family_table.py.
+it (`python -m topv_edge.llama.families`) and checked against it by tests/llama/test_family_table.py.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import OptionError, OptionTypeError, TopVError
 from . import native as _native
-from .native import METHODS, TopVParams  # noqa: F401  (METHODS: re-exported, read from the C library)
+from .native import TopVParams
 
 PARAM_NAMES: tuple[str, ...] = ("alpha", "beta", "gamma", "sigma", "eps", "tau", "iters", "recover")
 BACKENDS: tuple[str, ...] = ("native", "numba")
@@ -24,10 +24,17 @@ READOUTS: tuple[str, ...] = ("topv", "topv_rowsum", "topv_cost", "topv_fcost")
 BASELINES: tuple[str, ...] = ("uniform", "norm", "divprune", "uniform2d", "distinct")
 
 
+def __getattr__(name: str) -> Any:
+    # METHODS ({name: enum value}) is the C library's table, read when first asked for: importing needs no library
+    if name == "METHODS":
+        return _native.METHODS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def default_method() -> str:
     """The default method's name: topv_default_params().method, read from the C library."""
     value = _native.default_params().method
-    return next(name for name, m in METHODS.items() if m == value)
+    return next(name for name, m in _native.METHODS.items() if m == value)
 
 
 def default_params() -> dict[str, float | int]:
@@ -63,13 +70,13 @@ def make_params(method: str | None = None, threads: int = 0, max_scratch_bytes: 
                 **params: Any) -> TopVParams:
     """A validated topv_params struct: the C defaults with `params` applied (method None: the default)."""
     method = default_method() if method is None else method
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in _native.METHODS:
+        raise ValueError(f"method must be one of {', '.join(_native.METHODS)}, got {method!r}")
     unknown = set(params) - set(PARAM_NAMES)
     if unknown:
         raise TypeError(f"unknown pass parameter(s) {', '.join(sorted(unknown))}; known: {', '.join(PARAM_NAMES)}")
     p = _native.default_params()
-    p.method = METHODS[method]
+    p.method = _native.METHODS[method]
     for name, value in params.items():
         if name == "iters":
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
@@ -187,7 +194,7 @@ def _reference_select(s: np.ndarray, t: np.ndarray, xs: np.ndarray, ys: np.ndarr
     from . import reference  # Numba compiles on first use: only callers of the reference pay for it
 
     n = s.shape[0]
-    method = next(name for name, value in METHODS.items() if value == p.method)
+    method = next(name for name, value in _native.METHODS.items() if value == p.method)
     if method in ("uniform", "uniform2d"):
         if method == "uniform":
             kept = reference.uniform_indices(n, n_keep)

@@ -149,7 +149,9 @@ class VisionChat:
         with self.log.capture() as log:
             ctx = L.llama_init_from_model(self.model, p)
         if not ctx:
-            why = explain_llama_error(log.errors(), what=f"a context of {n_ctx} tokens (ask for a smaller one)")
+            why = explain_llama_error(log.errors(), what=f"a context of {n_ctx} tokens")
+            if self.requested_ctx:
+                raise OptionError("n_ctx", f"of {n_ctx} tokens does not fit: {why}; ask for a smaller one")
             raise ChatError(f"could not create a context of {n_ctx} tokens: {why}")
         self.ctx = ctx
         self._ctx_parts.append((L.llama_free, ctx))
@@ -336,15 +338,17 @@ class VisionChat:
                 and self.kv_cells + plan.peak_cells + 1 <= self.n_ctx)
 
     def _check_room(self, plan: PromptPlan) -> None:
+        # (only a context of a fixed size gets here short: an automatic one grows first)
         short = plan.probed_images_over(self.n_ubatch)
         if short:
-            raise ChatError(f"an image has {max(short)} tokens but the batch of a context of {self.n_ctx} holds "
-                            f"{self.n_ubatch}; the probe decodes an image whole, so start with a larger context "
-                            f"(or none: it is sized automatically)")
+            raise OptionError("n_ctx", f"is too small: an image has {max(short)} tokens but the batch of a context "
+                                       f"of {self.n_ctx} holds {self.n_ubatch}; the probe decodes an image whole, so "
+                                       "start with a larger one (or none: it is sized automatically)")
         if self.kv_cells + plan.peak_cells + 1 > self.n_ctx:
-            raise ChatError(f"the prompt needs {plan.peak_cells} more KV cells (images are probed whole before "
-                            f"pruning) but the context has {self.n_ctx - self.kv_cells} free of {self.n_ctx}; "
-                            "start with a larger context, a smaller keep, or reset the conversation")
+            raise OptionError("n_ctx", f"is too small: the prompt needs {plan.peak_cells} more KV cells (images are "
+                                       f"probed whole before pruning) but the context has {self.n_ctx - self.kv_cells} "
+                                       f"free of {self.n_ctx}; start with a larger one, a smaller keep, or reset the "
+                                       "conversation")
 
     # -- prefill through the stage -------------------------------------------------------------
 
