@@ -79,6 +79,15 @@ class TopVOptions:
         """True when `keep` is a token count (an int), False for a ratio (a float: 1.0 keeps everything)."""
         return isinstance(self.keep, numbers.Integral) and not isinstance(self.keep, bool)
 
+    @property
+    def probes(self) -> bool:
+        """True when the stage decodes a picture once before pruning it (the probe): at a layer above 0, or for a
+        method that reads the layer's output. Without a probe the unpruned picture never enters the KV cache."""
+        from .pruning import native
+
+        return self.enabled and (self.layer > 0 or bool(native.method_reads(native.METHODS[self.method])
+                                                           & native.READS_TARGET))
+
     def keep_label(self) -> str:
         """`keep` unambiguously: '25%' for a ratio, '16 tokens' for a count, 'all' when pruning is off."""
         if not self.enabled:

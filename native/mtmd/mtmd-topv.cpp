@@ -479,7 +479,10 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
         return decline(MTMD_TOPV_LAYER_OUT_OF_RANGE, "the TopV layer " + std::to_string(prm.layer) +
                        " must be below the model's last layer (0.." + std::to_string(n_layer - 2) + ")");
     }
-    if ((int32_t) llama_n_ubatch(lctx) < n_tokens || (int32_t) llama_n_batch(lctx) < n_tokens) {
+    // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
+    // (the image prefill is then the kept decode alone, and the unpruned image never needs a cell or a batch)
+    const bool probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
+    if (probed && ((int32_t) llama_n_ubatch(lctx) < n_tokens || (int32_t) llama_n_batch(lctx) < n_tokens)) {
         return decline(MTMD_TOPV_UBATCH_TOO_SMALL, "the image has " + std::to_string(n_tokens) + " tokens, more than n_batch " +
                        std::to_string(llama_n_batch(lctx)) + " / n_ubatch " + std::to_string(llama_n_ubatch(lctx)) +
                        " (the probe needs the whole image in one ubatch)");
@@ -495,9 +498,6 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     // it), or the probe's first synchronising node would be billed for it
     llama_synchronize(lctx);
     const auto t_probe = std::chrono::steady_clock::now();
-    // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
-    // (the image prefill is then the kept decode alone), and no target buffer
-    const bool probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
     std::vector<float> all_source((size_t) n_tokens * n_embd), all_target(probed ? (size_t) n_tokens * n_embd : 0);
     topv_probe probe;
     probe.n_tokens    = n_tokens;

@@ -327,7 +327,7 @@ class VisionChat:
             plan.append(ChunkPlan(chunk, is_image, n, cells))
         if plan and plan[-1].is_image:
             raise ChatError("the chat template ends the prompt with an image; the model needs text after it")
-        return PromptPlan(plan)
+        return PromptPlan(plan, probes=self.topv.probes)
 
     def _ubatch_short(self, plan: PromptPlan) -> bool:
         """True when an image the stage would prune is larger than the context's ubatch."""

@@ -25,6 +25,7 @@ class ChunkPlan:
 @dataclass(frozen=True)
 class PromptPlan:
     chunks: Sequence[ChunkPlan]
+    probes: bool = True  # the stage decodes a picture whole before pruning it (TopVOptions.probes)
 
     @property
     def n_cells(self) -> int:
@@ -34,7 +35,9 @@ class PromptPlan:
     @property
     def peak_cells(self) -> int:
         """Cells at the fullest moment: a probe decodes a whole image before it is pruned, so for a moment the
-        cache holds the cells before the image plus all of its tokens."""
+        cache holds the cells before the image plus all of its tokens; without a probe only kept cells ever do."""
+        if not self.probes:
+            return self.n_cells
         peak, cells = self.n_cells, 0
         for c in self.chunks:
             if c.is_pruned:
@@ -44,8 +47,11 @@ class PromptPlan:
 
     @property
     def largest_image(self) -> int:
-        return max((c.n_tokens for c in self.chunks if c.is_image), default=0)
+        """The ubatch the prompt wants: the largest image a probe decodes whole (without a probe: the largest
+        image's cells; llama.cpp caps the batch at n_ctx, so it never asks for more than the context holds)."""
+        return max((c.n_tokens if (c.is_pruned and self.probes) else c.n_cells for c in self.chunks if c.is_image),
+                   default=0)
 
     def probed_images_over(self, n_ubatch: int) -> list[int]:
-        """Token counts of the images the stage would prune that do not fit one ubatch of `n_ubatch`."""
-        return [c.n_tokens for c in self.chunks if c.is_pruned and c.n_tokens > n_ubatch]
+        """Token counts of the images the stage would probe that do not fit one ubatch of `n_ubatch`."""
+        return [c.n_tokens for c in self.chunks if c.is_pruned and self.probes and c.n_tokens > n_ubatch]

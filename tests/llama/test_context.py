@@ -1,0 +1,54 @@
+"""A context sized by what is kept: without a probe (the default, divprune at layer 0) the unpruned picture never
+enters the KV cache, so the chat needs room only for text + kept tokens, while the positions stay the original
+ones (M-RoPE here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from topv_edge.lab.synth import demo_image, pair_paths
+from topv_edge.options import TopVOptions
+from topv_edge.session import VisionChat
+
+QUESTION = "What is in the picture?"
+
+
+@pytest.fixture(scope="module")
+def big_picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "picture-2048.png"
+    demo_image((2048, 2048), seed=5).save(path)  # 64 x 64 merged tokens for the tiny Qwen3-VL: 4096
+    return path
+
+
+def test_a_4096_token_picture_fits_a_context_of_its_kept_tokens(models_dir, big_picture, libs):
+    model, mmproj = pair_paths("qwen3vl", "tiny", models_dir)
+    options = TopVOptions(keep=0.25)
+    assert not options.probes  # the default reads the embeddings: no probe
+    with VisionChat(model, mmproj, topv=options, threads=2, max_tokens=4) as small:
+        answer, report = small.ask(QUESTION, [big_picture])
+        (image,) = report.images
+        kept_small = small.last_selection()[0]
+        positions = small.kv_cell_positions()
+    assert image.n_tokens == 4096 and image.pruned and image.n_kept == 1024
+    assert report.n_ctx < image.n_tokens  # the unpruned picture alone would not fit this context
+    assert report.kv_cells == report.text_tokens + image.n_kept + report.generated_tokens
+    assert len(positions) == report.kv_cells
+    # the same question in a context large enough for the unpruned picture: the same kept set and answer
+    with VisionChat(model, mmproj, topv=options, threads=2, max_tokens=4, n_ctx=8192) as large:
+        answer_large, report_large = large.ask(QUESTION, [big_picture])
+        kept_large = large.last_selection()[0]
+    assert report_large.n_ctx >= 8192
+    assert np.array_equal(kept_small, kept_large)
+    assert answer == answer_large
+
+
+def test_a_probing_method_still_gets_room_for_its_probe(models_dir, big_picture, libs):
+    model, mmproj = pair_paths("qwen3vl", "tiny", models_dir)
+    options = TopVOptions(keep=0.25, layer=1, method="topv")
+    assert options.probes
+    with VisionChat(model, mmproj, topv=options, threads=2, max_tokens=2) as chat:
+        _, report = chat.ask(QUESTION, [big_picture])
+    (image,) = report.images
+    assert image.pruned and image.n_kept == 1024 and image.probe_ms > 0
+    assert report.n_ctx >= image.n_tokens  # the probe holds the whole picture for a moment
