@@ -216,7 +216,7 @@ def prefill_by_chunk(chat, picture, states: bool = False) -> tuple[list[dict], i
         plan = chat._plan(chunks)
         chat._create_context(plan.peak_cells, plan.largest_image)
         records, n_past = [], 0
-        for chunk, is_image, n, planned in plan:
+        for chunk, is_image, n, planned in ((c.chunk, c.is_image, c.n_tokens, c.n_cells) for c in plan.chunks):
             if not is_image:
                 n_past += decode_text_chunk(chat, chunk, n_past)
                 continue

@@ -160,7 +160,8 @@ def test_a_later_larger_image_grows_the_context_and_is_pruned(models_dir, tmp_pa
     small, large = tmp_path / "small.png", tmp_path / "large.png"
     demo_image((112, 112), seed=1).save(small)
     demo_image((672, 672), seed=2).save(large)  # 24 x 24 = 576 tokens > 512
-    with VisionChat(models_dir / "qwen2vl-tiny.gguf", threads=2, max_tokens=2) as c:
+    probing = TopVOptions(keep=0.25, layer=1, method="topv")  # without a probe no image needs a whole ubatch
+    with VisionChat(models_dir / "qwen2vl-tiny.gguf", topv=probing, threads=2, max_tokens=2) as c:
         _, first = c.ask("x", [small])
         n_ubatch = c.n_ubatch
         _, second = c.ask("and this?", [large])
@@ -171,6 +172,21 @@ def test_a_later_larger_image_grows_the_context_and_is_pruned(models_dir, tmp_pa
         assert c.n_ubatch >= 576
         # both images are in the new cache: text + kept tokens of both + the answers
         assert c.kv_cells == second.kv_cells > second.text_tokens + sum(i.n_kept for i in second.images)
+
+
+def test_without_a_probe_a_later_larger_image_needs_no_larger_batch(models_dir, tmp_path, libs):
+    from topv_edge.lab.synth import demo_image
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    demo_image((112, 112), seed=1).save(small)
+    demo_image((672, 672), seed=2).save(large)  # 576 tokens, more than the first context's batch
+    with VisionChat(models_dir / "qwen2vl-tiny.gguf", threads=2, max_tokens=2) as c:  # the default: no probe
+        _, first = c.ask("x", [small])
+        n_ubatch = c.n_ubatch
+        _, second = c.ask("and this?", [large])
+        assert [im.n_tokens for im in second.images] == [576] and second.images[0].pruned  # evaluated incrementally
+        assert c.n_ubatch == n_ubatch < 576
+        assert c.kv_cells == first.kv_cells + second.text_tokens + second.images[0].n_kept + second.generated_tokens
 
 
 def test_a_failed_turn_leaves_the_conversation_as_it_was(models_dir, picture, libs, monkeypatch):

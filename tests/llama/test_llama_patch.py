@@ -202,7 +202,9 @@ def test_mtmd_cli_rejects_bad_flags_cleanly(models_dir, picture, libs, flags, me
 
 
 @pytest.mark.parametrize("flags, reason", [
-    (["--topv-keep", "0.25", "-b", "32", "-ub", "32"], "the image has 64 tokens, more than n_batch 32 / n_ubatch 32"),
+    # a probing method (the default, divprune at layer 0, has no probe and so needs no whole-image batch)
+    (["--topv-keep", "0.25", "--topv-layer", "2", "--topv-method", "topv", "-b", "32", "-ub", "32"],
+     "the image has 64 tokens, more than n_batch 32 / n_ubatch 32"),
 ])
 def test_mtmd_cli_falls_back_to_unpruned_with_a_warning(models_dir, picture, libs, flags, reason):
     r = run_cli(libs, models_dir, picture, *flags)
