@@ -25,7 +25,7 @@ import topv_edge
 from topv_edge.runtime import TopVOptions, VisionChat, read_image
 from topv_edge.synthetic import demo_image, image_layout, pair_paths, preset_config
 
-from test_llama_patch import QUESTION, decode_text_chunk
+from test_llama_patch import QUESTION, allow_position_gaps, decode_text_chunk
 
 # "llava-cls": LLaVA-1.5's real tower, with a class embedding (pruned once patches/10 puts the class token first)
 FAMILIES = ("llava", "llava-cls", "gemma3", "gemma4", "qwen2vl", "qwen25vl", "qwen3vl", "qwen35", "pixtral")
@@ -159,6 +159,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray | list[np.n
     chunks = prompt_chunks(chat, picture)
     plan = chat._plan(chunks)
     chat._create_context(chat._cells(plan)[1], chat._max_image(plan))
+    allow_position_gaps(chat)
     width = L.llama_model_n_embd_inp(chat.model)
     try:
         n_past, i_image = 0, 0

@@ -108,6 +108,16 @@ def test_pruned_logits_equal_a_manual_decode_of_the_kept_tokens_at_their_positio
     assert not np.allclose(manual["renumbered"], stage["original"], rtol=1e-3, atol=1e-3)
 
 
+def allow_position_gaps(chat: VisionChat) -> None:
+    """Let the context take a decode with position gaps, as the stage does before its kept decode (patches/01:
+    llama.cpp's position checks stay upstream's on every other context)."""
+    import ctypes
+
+    fn = chat.llama.llama_cpp._lib.llama_set_allow_pos_gaps
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_bool], None
+    fn(chat.ctx, True)
+
+
 def decode_text_chunk(chat: VisionChat, chunk, first_pos: int) -> int:
     """Decode a text chunk with llama_decode at positions first_pos.. (all logits on); returns its token count."""
     import ctypes
@@ -135,6 +145,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray, renumber: 
     content = [{"type": "text", "text": chat.marker}, {"type": "text", "text": QUESTION}]
     chunks = chat._tokenize(chat._render([{"role": "user", "content": content}]), [read_image(picture)])
     chat._create_context(256, 512)
+    allow_position_gaps(chat)
     n_past, shift = 0, 0
     n_embd = L.llama_model_n_embd(chat.model)
     for i in range(M.mtmd_input_chunks_size(chunks)):
