@@ -19,6 +19,9 @@ struct mtmd_topv_state {
     mtmd_topv_params params = mtmd_topv_default_params();
     mtmd_topv_stats  stats  = {};
     std::string      reason; // why the last image was not pruned (empty when it was)
+    // why mtmd refuses images with this text model (empty: it does not): the projector's marker tokens are not in
+    // its vocabulary, i.e. the mmproj is another family's (set at mtmd init, mtmd_topv_set_missing_markers)
+    std::string      image_input_error;
 
     // buffers of the last image, reused across images
     std::vector<float>   source;    // n_grid x n_embd
@@ -59,6 +62,10 @@ struct mtmd_topv_image_facts {
     int32_t  entry_nx, entry_ny;   // pixel size of the first preprocessed image
     mtmd_topv_picture_place place; // where the chunk sits in its picture
 };
+
+// the reason mtmd refuses images: the projector (enum projector_type) marks images and slices with these token
+// texts, which the text model's vocabulary lacks (called by mtmd's init, which finds them; mtmd-topv-layouts.cpp)
+void mtmd_topv_set_missing_markers(mtmd_topv_state * st, int32_t proj_type, const std::vector<std::string> & missing);
 
 // defined in mtmd.cpp (the hooks)
 mtmd_topv_state       * mtmd_topv_state_of(mtmd_context * ctx);

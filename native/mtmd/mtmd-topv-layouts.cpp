@@ -344,6 +344,29 @@ void mtmd_topv_probe_nodes(const mtmd_topv_chunk_layout & layout, int32_t layer,
     *target = layout.target_node + "-" + std::to_string(layer);
 }
 
+void mtmd_topv_set_missing_markers(mtmd_topv_state * st, int32_t proj, const std::vector<std::string> & missing) {
+    std::string names;
+    for (const std::string & m : missing) {
+        std::string shown; // "\n" and "\n\n" (SmolVLM's) are markers too: print them escaped, on one line
+        for (const char c : m) {
+            shown += c == '\n' ? std::string("\\n") : std::string(1, c);
+        }
+        names += (names.empty() ? "'" : ", '") + shown + "'";
+    }
+    const layout_entry * e = find_entry(proj);
+    st->image_input_error = "the mmproj (projector '" + projector_name(proj) + "'" + (e ? std::string(", ") + e->families : "") +
+                            ") marks images with tokens the text model does not have (" +
+                            (names.empty() ? std::string("unnamed") : names) + "): it belongs with another model";
+}
+
+const char * mtmd_topv_image_input_error(const mtmd_context * ctx) {
+    if (!ctx) {
+        return nullptr;
+    }
+    const std::string & why = mtmd_topv_state_of(ctx)->image_input_error;
+    return why.empty() ? nullptr : why.c_str();
+}
+
 int32_t mtmd_topv_check_model(const mtmd_context * ctx, const llama_model * model, char * reason, size_t size) {
     auto say = [&](const std::string & text) {
         if (reason && size > 0) {
@@ -356,6 +379,9 @@ int32_t mtmd_topv_check_model(const mtmd_context * ctx, const llama_model * mode
     }
     if (!ctx || !model) {
         return say("no mmproj or no model");
+    }
+    if (const char * why = mtmd_topv_image_input_error(ctx)) {
+        return say(why);
     }
     const clip_ctx * ctx_v = mtmd_topv_vision_of(ctx);
     if (!ctx_v) {

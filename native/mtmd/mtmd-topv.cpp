@@ -94,12 +94,27 @@ int32_t mtmd_topv_enable(mtmd_context * ctx, const llama_model * model, float ke
     const int32_t ret = mtmd_topv_set_params(ctx, &p);
     if (ret != 0) {
         LOG_ERR("topv: invalid parameters: %s\n", topv_status_string(ret));
-    } else if (keep_count > 0) {
-        LOG_INF("topv: pruning images to %d tokens at layer %d (%s)\n", keep_count, layer, topv_method_name(p.pass.method));
     } else {
-        LOG_INF("topv: pruning images to %.3g of their tokens at layer %d (%s)\n", keep_ratio, layer, topv_method_name(p.pass.method));
+        char line[256];
+        LOG_INF("%s\n", mtmd_topv_format_params(ctx, line, sizeof(line)));
     }
     return ret;
+}
+
+const char * mtmd_topv_format_params(const mtmd_context * ctx, char * buf, size_t size) {
+    if (!buf || size == 0) {
+        return buf;
+    }
+    const mtmd_topv_params p = mtmd_topv_get_params(ctx);
+    const char * method = topv_method_name(p.pass.method) ? topv_method_name(p.pass.method) : "unknown method";
+    if (!p.enabled) {
+        snprintf(buf, size, "topv: pruning is off");
+    } else if (p.keep_count > 0) {
+        snprintf(buf, size, "topv: pruning images to %d tokens at layer %d (%s)", p.keep_count, p.layer, method);
+    } else {
+        snprintf(buf, size, "topv: pruning images to %.3g of their tokens at layer %d (%s)", p.keep_ratio, p.layer, method);
+    }
+    return buf;
 }
 
 const char * mtmd_topv_result_string(int32_t result) {
@@ -403,29 +418,17 @@ static void topv_fill_positions(decode_embd_batch & batch, const mtmd_input_chun
     }
 }
 
-bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, const mtmd_input_chunk * chunk,
-                                      const float * embd, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch,
-                                      llama_pos * new_n_past, mtmd_helper_post_decode_callback callback,
-                                      void * user_data, int32_t * ret) {
-    mtmd_topv_state & st = *mtmd_topv_state_of(ctx);
-    const mtmd_topv_params & prm = st.params;
-    const int32_t n_tokens = (int32_t) mtmd_input_chunk_get_n_tokens(chunk);
-    const llama_model * model = llama_get_model(lctx);
-    const int32_t n_embd   = llama_model_n_embd(model); // probed features; an image row may be wider (deepstack)
-    const int32_t n_layer  = llama_model_n_layer(model);
-
+// the stats of a chunk before anything is decided: where it sits in its picture, all its tokens, no result yet
+static void topv_begin_stats(mtmd_topv_state & st, const mtmd_topv_image_facts * facts, int32_t n_tokens, int32_t n_embd) {
     st.stats = {};
     st.stats.probe_max_layer = -1;
-    st.stats.picture = -1;
-    st.stats.tile_x  = -1;
-    st.stats.tile_y  = -1;
+    st.stats.picture  = -1;
+    st.stats.tile_x   = -1;
+    st.stats.tile_y   = -1;
     st.stats.n_chunks = 1;
     st.stats.n_picture_tokens = n_tokens;
-    const mtmd_image_tokens * image_tokens = mtmd_input_chunk_get_tokens_image(chunk);
-    mtmd_topv_image_facts facts{};
-    const bool have_facts = image_tokens && mtmd_topv_image_facts_of(ctx, image_tokens, &facts);
-    if (have_facts) { // where the chunk sits, also when it is not pruned
-        const mtmd_topv_picture_place & pl = facts.place;
+    if (facts) { // where the chunk sits, also when it is not pruned
+        const mtmd_topv_picture_place & pl = facts->place;
         st.stats.picture = pl.picture;
         st.stats.role    = pl.role;
         st.stats.tile_x  = pl.tile_x;
@@ -440,184 +443,241 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     st.stats.n_kept   = n_tokens;
     st.stats.n_embd   = n_embd;
     st.reason.clear();
+}
 
-    auto decline = [&](mtmd_topv_result why, std::string reason = "") {
-        st.stats.result = why;
-        st.reason = reason.empty() ? mtmd_topv_result_string(why) : reason;
-        if (why != MTMD_TOPV_DISABLED && why != MTMD_TOPV_KEEP_ALL) {
-            LOG_WRN("topv: image of %d tokens decoded unpruned: %s\n", n_tokens, st.reason.c_str());
-        }
-        return false;
-    };
+// records why the stage does not prune the chunk (the caller then decodes it unpruned); returns false
+static bool topv_decline(mtmd_topv_state & st, mtmd_topv_result why, const std::string & reason = "") {
+    st.stats.result = why;
+    st.reason = reason.empty() ? mtmd_topv_result_string(why) : reason;
+    if (why != MTMD_TOPV_DISABLED && why != MTMD_TOPV_KEEP_ALL) {
+        LOG_WRN("topv: image of %d tokens decoded unpruned: %s\n", st.stats.n_tokens, st.reason.c_str());
+    }
+    return false;
+}
 
+// what one image chunk's decode works on, decided before the probe
+struct topv_chunk_job {
+    mtmd_context *           ctx;
+    llama_context *          lctx;
+    const mtmd_input_chunk * chunk;
+    const float *            embd;     // the chunk's embeddings, layout.row_width floats per token
+    llama_pos                n_past;
+    llama_seq_id             seq_id;
+    int32_t                  n_tokens; // the chunk's tokens
+    int32_t                  n_embd;   // width of the probed features (an embedding row may be wider: deepstack)
+    int                      n_pos_per_embd;
+    int64_t                  k;        // grid tokens to keep
+    bool                     probed;   // whether a probe runs (not at layer 0 with a method that reads no target)
+    mtmd_topv_chunk_layout   layout;
+};
+
+// every reason not to prune the chunk, in order; false (declined, the stats say why) or true with job.layout and job.k
+static bool topv_plan(mtmd_topv_state & st, topv_chunk_job & job, const mtmd_topv_image_facts * facts) {
+    const mtmd_topv_params & prm = st.params;
     if (!prm.enabled) {
-        return decline(MTMD_TOPV_DISABLED);
+        return topv_decline(st, MTMD_TOPV_DISABLED);
     }
-    mtmd_topv_chunk_layout layout;
     std::string why_not = "the chunk has no vision tower or image tokens";
-    if (!have_facts || !mtmd_topv_resolve_layout(facts, model, &layout, &why_not)) {
-        return decline(MTMD_TOPV_UNSUPPORTED_LAYOUT, why_not);
+    if (!facts || !mtmd_topv_resolve_layout(*facts, llama_get_model(job.lctx), &job.layout, &why_not)) {
+        return topv_decline(st, MTMD_TOPV_UNSUPPORTED_LAYOUT, why_not);
     }
+    const mtmd_topv_chunk_layout & layout = job.layout;
+    const int32_t n_grid = (int32_t) layout.grid_tokens.size();
     st.stats.grid_w = layout.grid_w;
     st.stats.grid_h = layout.grid_h;
-    st.stats.n_grid = (int32_t) layout.grid_tokens.size();
+    st.stats.n_grid = n_grid;
     st.stats.n_always_kept = (int32_t) layout.always_kept.size();
 
     // keep applies to the grid tokens of the picture (a tiled picture's chunks share its budget); structural tokens
     // are kept on top of it
-    const int32_t n_grid = (int32_t) layout.grid_tokens.size();
-    const int64_t k = mtmd_topv_chunk_budget(prm, layout);
-    st.stats.n_budget = (int32_t) std::max<int64_t>(k, 0);
-    if (k < 1) {
-        return decline(MTMD_TOPV_PASS_FAILED, "the keep count is below one token");
+    job.k = mtmd_topv_chunk_budget(prm, layout);
+    st.stats.n_budget = (int32_t) std::max<int64_t>(job.k, 0);
+    if (job.k < 1) {
+        return topv_decline(st, MTMD_TOPV_PASS_FAILED, "the keep count is below one token");
     }
-    if (k >= n_grid) { // nothing to prune: the stock path, bit for bit
-        return decline(MTMD_TOPV_KEEP_ALL, layout.place.role == MTMD_TOPV_CHUNK_SINGLE ? "" :
-                       "its share of the picture's budget covers all " + std::to_string(n_grid) + " tokens");
+    if (job.k >= n_grid) { // nothing to prune: the stock path, bit for bit
+        return topv_decline(st, MTMD_TOPV_KEEP_ALL, layout.place.role == MTMD_TOPV_CHUNK_SINGLE ? "" :
+                            "its share of the picture's budget covers all " + std::to_string(n_grid) + " tokens");
     }
+    const int32_t n_layer = llama_model_n_layer(llama_get_model(job.lctx));
     if (prm.layer >= n_layer - 1) {
-        return decline(MTMD_TOPV_LAYER_OUT_OF_RANGE, "the TopV layer " + std::to_string(prm.layer) +
-                       " must be below the model's last layer (0.." + std::to_string(n_layer - 2) + ")");
+        return topv_decline(st, MTMD_TOPV_LAYER_OUT_OF_RANGE, "the TopV layer " + std::to_string(prm.layer) +
+                            " must be below the model's last layer (0.." + std::to_string(n_layer - 2) + ")");
     }
     // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
-    // (the image prefill is then the kept decode alone, and the unpruned image never needs a cell or a batch)
-    const bool probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
-    if (probed && ((int32_t) llama_n_ubatch(lctx) < n_tokens || (int32_t) llama_n_batch(lctx) < n_tokens)) {
-        return decline(MTMD_TOPV_UBATCH_TOO_SMALL, "the image has " + std::to_string(n_tokens) + " tokens, more than n_batch " +
-                       std::to_string(llama_n_batch(lctx)) + " / n_ubatch " + std::to_string(llama_n_ubatch(lctx)) +
-                       " (the probe needs the whole image in one ubatch)");
+    // (the image prefill is then the kept decode alone, the unpruned image never needs a cell or a whole batch,
+    // and there is no target buffer)
+    job.probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
+    const uint32_t n_ubatch = llama_n_ubatch(job.lctx), n_batch = llama_n_batch(job.lctx);
+    if (job.probed && ((int32_t) n_ubatch < job.n_tokens || (int32_t) n_batch < job.n_tokens)) {
+        return topv_decline(st, MTMD_TOPV_UBATCH_TOO_SMALL, "the image has " + std::to_string(job.n_tokens) +
+                            " tokens, more than n_batch " + std::to_string(n_batch) + " / n_ubatch " +
+                            std::to_string(n_ubatch) + " (the probe needs the whole image in one ubatch)");
     }
+    return true;
+}
 
-    const int n_pos_per_embd = mtmd_decode_use_mrope(ctx) ? 4 : 1;
-    const topv_scope_non_causal non_causal(lctx, mtmd_decode_use_non_causal(ctx, chunk));
-    llama_memory_t mem = llama_get_memory(lctx);
+enum class topv_probe_result {
+    ok,        // source (and target) features of every chunk token are in the buffers
+    declined,  // the features could not be read: decode unpruned (the stats say why)
+    failed,    // the memory could not be rolled back: the decode must fail
+};
 
-    // 1. probe: all tokens in one ubatch through layers 0..Li+1 (not just 0..Li: the last layer built is cut to the
-    //    output rows before its FFN, so ffn_norm-<Li> would not see every token); the cells are removed after it
+// The probe: all tokens in one ubatch through layers 0..Li+1 (not just 0..Li: the last layer built is cut to the
+// output rows before its FFN, so ffn_norm-<Li> would not see every token); its cells (and recurrent state) are removed
+// after it, so the memory is as before. Fills source (n_tokens x n_embd) and, when probed, target.
+static topv_probe_result topv_probe_chunk(mtmd_topv_state & st, const topv_chunk_job & job,
+                                          std::vector<float> & source, std::vector<float> & target) {
+    const mtmd_topv_params & prm = st.params;
+    const mtmd_topv_chunk_layout & layout = job.layout;
+    llama_context * lctx = job.lctx;
     // GPU backends compute asynchronously: wait for the work queued before the image (the text chunk ahead of
     // it), or the probe's first synchronising node would be billed for it
     llama_synchronize(lctx);
     const auto t_probe = std::chrono::steady_clock::now();
-    std::vector<float> all_source((size_t) n_tokens * n_embd), all_target(probed ? (size_t) n_tokens * n_embd : 0);
+    source.assign((size_t) job.n_tokens * job.n_embd, 0.0f);
+    target.assign(job.probed ? (size_t) job.n_tokens * job.n_embd : 0, 0.0f);
     topv_probe probe;
-    probe.n_tokens    = n_tokens;
-    probe.n_embd      = n_embd;
-    probe.source      = all_source.data();
-    probe.target      = all_target.data();
+    probe.n_tokens = job.n_tokens;
+    probe.n_embd   = job.n_embd;
+    probe.source   = source.data();
+    probe.target   = target.data();
     if (prm.layer == 0) {
-        for (int32_t i = 0; i < n_tokens; i++) { // the layer's input: the embeddings (the first n_embd of each row)
-            std::copy(embd + (size_t) i * layout.row_width, embd + (size_t) i * layout.row_width + n_embd,
-                      all_source.begin() + (size_t) i * n_embd);
+        for (int32_t i = 0; i < job.n_tokens; i++) { // the layer's input: the embeddings (the first n_embd of each row)
+            const float * row = job.embd + (size_t) i * layout.row_width;
+            std::copy(row, row + job.n_embd, source.begin() + (size_t) i * job.n_embd);
         }
         probe.got_source = true;
     }
-    if (!probed) {
+    if (!job.probed) {
         st.stats.probe_ms = 0.0;
         st.stats.probe_max_layer = -1;
-    } else {
-        mtmd_topv_probe_nodes(layout, prm.layer, &probe.source_name, &probe.target_name); // per architecture, deepstack
-        // a recurrent memory (hybrid models such as Qwen3.5) cannot drop the probe's tokens again (seq_rm fails on it):
-        // its part of the sequence's state is saved here and put back after the probe (the attention cells are removed)
-        std::vector<uint8_t> saved_recurrent;
-        if (layout.recurrent) {
-            saved_recurrent.resize(llama_state_seq_get_size_ext(lctx, seq_id, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY));
-            if (llama_state_seq_get_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
-                                             LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != saved_recurrent.size()) {
-                return decline(MTMD_TOPV_PROBE_FAILED, "the recurrent state could not be saved before the probe");
-            }
-        }
-        int32_t probe_ret;
-        {
-            const topv_probe_scope scope(lctx, &probe, (uint32_t) prm.layer + 2);
-            decode_embd_batch batch(embd, n_tokens, n_pos_per_embd, (int) layout.row_width);
-            topv_fill_positions(batch, chunk, ctx, n_past, seq_id, nullptr, n_tokens);
-            probe_ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, 0, n_tokens));
-        }
-        // whatever happened, no cell or state of this image may stay in the memory before the real decode
-        bool restored = !layout.recurrent ||
-                        llama_state_seq_set_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), seq_id,
-                                                     LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == saved_recurrent.size();
-        restored = llama_memory_seq_rm(mem, seq_id, n_past, -1) && restored;
-        if (!restored) { // the memory holds the probe: neither a pruned nor an unpruned decode would be right
-            LOG_ERR("topv: the memory could not be rolled back after the probe\n");
-            st.stats.result = MTMD_TOPV_PROBE_FAILED;
-            st.reason = "the memory could not be rolled back after the probe";
-            *ret = -1;
-            return true;
-        }
-        st.stats.probe_ms = topv_ms_since(t_probe);
-        st.stats.probe_max_layer = probe.max_layer;
-        if (probe.max_layer > prm.layer + 1) { // still right, only slower: a graph that does not loop over n_layer
-            LOG_WRN("topv: the probe of layer %d computed up to layer %d: this model's graph ignores the layer limit\n",
-                    prm.layer, probe.max_layer);
-        }
-        if (!probe.got_source || !probe.got_target || probe.bad_shape) {
-            LOG_WRN("topv: probe of layer %d: llama_process returned %d, source %s, target %s%s\n", prm.layer, probe_ret,
-                    probe.got_source ? "seen" : "missing", probe.got_target ? "seen" : "missing",
-                    probe.bad_shape ? ", unexpected tensor shape" : "");
-            return decline(MTMD_TOPV_PROBE_FAILED, "the probe did not see the features of layer " + std::to_string(prm.layer) +
-                           " (graph nodes '" + (probe.source_name.empty() ? std::string("embeddings") : probe.source_name) +
-                           "' and '" + probe.target_name + "')");
+        return topv_probe_result::ok;
+    }
+    mtmd_topv_probe_nodes(layout, prm.layer, &probe.source_name, &probe.target_name); // per architecture, deepstack
+    // a recurrent memory (hybrid models such as Qwen3.5) cannot drop the probe's tokens again (seq_rm fails on it):
+    // its part of the sequence's state is saved here and put back after the probe (the attention cells are removed)
+    std::vector<uint8_t> saved_recurrent;
+    if (layout.recurrent) {
+        saved_recurrent.resize(llama_state_seq_get_size_ext(lctx, job.seq_id, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY));
+        if (llama_state_seq_get_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), job.seq_id,
+                                         LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) != saved_recurrent.size()) {
+            topv_decline(st, MTMD_TOPV_PROBE_FAILED, "the recurrent state could not be saved before the probe");
+            return topv_probe_result::declined;
         }
     }
+    int32_t probe_ret;
+    {
+        const topv_probe_scope scope(lctx, &probe, (uint32_t) prm.layer + 2);
+        const topv_scope_non_causal non_causal(lctx, mtmd_decode_use_non_causal(job.ctx, job.chunk));
+        decode_embd_batch batch(job.embd, job.n_tokens, job.n_pos_per_embd, (int) layout.row_width);
+        topv_fill_positions(batch, job.chunk, job.ctx, job.n_past, job.seq_id, nullptr, job.n_tokens);
+        probe_ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, 0, job.n_tokens));
+    }
+    // whatever happened, no cell or state of this image may stay in the memory before the real decode
+    bool restored = !layout.recurrent ||
+                    llama_state_seq_set_data_ext(lctx, saved_recurrent.data(), saved_recurrent.size(), job.seq_id,
+                                                 LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == saved_recurrent.size();
+    restored = llama_memory_seq_rm(llama_get_memory(lctx), job.seq_id, job.n_past, -1) && restored;
+    if (!restored) { // the memory holds the probe: neither a pruned nor an unpruned decode would be right
+        LOG_ERR("topv: the memory could not be rolled back after the probe\n");
+        st.stats.result = MTMD_TOPV_PROBE_FAILED;
+        st.reason = "the memory could not be rolled back after the probe";
+        return topv_probe_result::failed;
+    }
+    st.stats.probe_ms = topv_ms_since(t_probe);
+    st.stats.probe_max_layer = probe.max_layer;
+    if (probe.max_layer > prm.layer + 1) { // still right, only slower: a graph that does not loop over n_layer
+        LOG_WRN("topv: the probe of layer %d computed up to layer %d: this model's graph ignores the layer limit\n",
+                prm.layer, probe.max_layer);
+    }
+    if (!probe.got_source || !probe.got_target || probe.bad_shape) {
+        LOG_WRN("topv: probe of layer %d: llama_process returned %d, source %s, target %s%s\n", prm.layer, probe_ret,
+                probe.got_source ? "seen" : "missing", probe.got_target ? "seen" : "missing",
+                probe.bad_shape ? ", unexpected tensor shape" : "");
+        topv_decline(st, MTMD_TOPV_PROBE_FAILED, "the probe did not see the features of layer " + std::to_string(prm.layer) +
+                     " (graph nodes '" + (probe.source_name.empty() ? std::string("embeddings") : probe.source_name) +
+                     "' and '" + probe.target_name + "')");
+        return topv_probe_result::declined;
+    }
+    return topv_probe_result::ok;
+}
 
-    // 2. the pass, on the grid tokens only, at their grid cells
+// The pass, on the grid tokens only, at their grid cells: fills st.source/target (grid rows), st.scores, st.grid_kept
+// and st.kept (the pass's choice plus every structural token, as chunk token indices, ascending). False: declined.
+static bool topv_select_kept(mtmd_topv_state & st, const topv_chunk_job & job, const std::vector<float> & all_source,
+                             const std::vector<float> & all_target) {
+    const mtmd_topv_chunk_layout & layout = job.layout;
+    const int32_t n_grid = (int32_t) layout.grid_tokens.size();
+    const size_t  n_embd = (size_t) job.n_embd;
     const auto t_pass = std::chrono::steady_clock::now();
     st.source.resize((size_t) n_grid * n_embd);
-    st.target.resize(probed ? (size_t) n_grid * n_embd : 0); // without a probe there is no target
+    st.target.resize(job.probed ? (size_t) n_grid * n_embd : 0); // without a probe there is no target
     for (int32_t g = 0; g < n_grid; g++) {
         const size_t from = (size_t) layout.grid_tokens[g] * n_embd;
         std::copy(all_source.begin() + from, all_source.begin() + from + n_embd, st.source.begin() + (size_t) g * n_embd);
-        if (probed) {
+        if (job.probed) {
             std::copy(all_target.begin() + from, all_target.begin() + from + n_embd, st.target.begin() + (size_t) g * n_embd);
         }
     }
-    st.grid_kept.resize((size_t) k);
+    st.grid_kept.resize((size_t) job.k);
     st.scores.resize(n_grid);
-    topv_params pass = prm.pass;
+    topv_params pass = st.params.pass;
     if (!layout.spatial) { // resampler queries are no picture cells: no spatial or central-distance cost
         pass.beta  = 0.0f;
         pass.gamma = 0.0f;
     }
-    const int32_t pass_ret = topv_select(st.source.data(), probed ? st.target.data() : nullptr, n_grid, n_embd, layout.pos_x.data(),
-                                         layout.pos_y.data(), layout.grid_w, layout.grid_h, k, pass,
-                                         st.grid_kept.data(), st.scores.data());
+    const int32_t pass_ret = topv_select(st.source.data(), job.probed ? st.target.data() : nullptr, n_grid, job.n_embd,
+                                         layout.pos_x.data(), layout.pos_y.data(), layout.grid_w, layout.grid_h, job.k,
+                                         pass, st.grid_kept.data(), st.scores.data());
     st.stats.pass_ms = topv_ms_since(t_pass);
     if (pass_ret != TOPV_STATUS_OK) {
-        return decline(MTMD_TOPV_PASS_FAILED, std::string("the TopV pass failed: ") + topv_status_string(pass_ret));
+        return topv_decline(st, MTMD_TOPV_PASS_FAILED, std::string("the TopV pass failed: ") + topv_status_string(pass_ret));
     }
-    // kept chunk tokens: the pass's choice plus every structural token, ascending
     st.kept.clear();
     for (const int32_t g : st.grid_kept) {
         st.kept.push_back(layout.grid_tokens[g]);
     }
     st.kept.insert(st.kept.end(), layout.always_kept.begin(), layout.always_kept.end());
     std::sort(st.kept.begin(), st.kept.end());
+    return true;
+}
 
-    // 3. decode the kept tokens (whole rows) at their original positions
+// Decodes the kept tokens (whole rows) at their original positions, in n_batch sub-batches, each handed to the
+// post-decode callback; returns 0 or the failing call's result
+static int32_t topv_decode_kept(mtmd_topv_state & st, const topv_chunk_job & job, int32_t n_batch,
+                                mtmd_helper_post_decode_callback callback, void * user_data) {
+    llama_context * lctx = job.lctx;
     const auto t_decode = std::chrono::steady_clock::now();
     const int32_t n_kept = (int32_t) st.kept.size();
-    const size_t row = (size_t) layout.row_width;
+    const size_t row = (size_t) job.layout.row_width;
     st.kept_embd.resize((size_t) n_kept * row);
     for (int32_t j = 0; j < n_kept; j++) {
-        std::copy(embd + (size_t) st.kept[j] * row, embd + (size_t) (st.kept[j] + 1) * row, st.kept_embd.begin() + (size_t) j * row);
+        std::copy(job.embd + (size_t) st.kept[j] * row, job.embd + (size_t) (st.kept[j] + 1) * row,
+                  st.kept_embd.begin() + (size_t) j * row);
     }
-    decode_embd_batch batch(st.kept_embd.data(), n_kept, n_pos_per_embd, (int) layout.row_width);
-    const bool renumber = prm.renumber_positions && !mtmd_decode_use_mrope(ctx);
-    topv_fill_positions(batch, chunk, ctx, n_past, seq_id, st.kept.data(), n_kept, renumber);
+    decode_embd_batch batch(st.kept_embd.data(), n_kept, job.n_pos_per_embd, (int) row);
+    const bool renumber = st.params.renumber_positions && !mtmd_decode_use_mrope(job.ctx);
+    topv_fill_positions(batch, job.chunk, job.ctx, job.n_past, job.seq_id, st.kept.data(), n_kept, renumber);
+    // the kept tokens leave gaps, and the text after the image starts where the unpruned image would have ended: from
+    // now on this context's sequences may skip positions (llama.cpp checks they are consecutive otherwise)
+    if (!renumber) {
+        llama_set_allow_pos_gaps(lctx, true);
+    }
+    const topv_scope_non_causal non_causal(lctx, mtmd_decode_use_non_causal(job.ctx, job.chunk));
     for (int32_t off = 0; off < n_kept; off += n_batch) {
         const int32_t n = std::min(n_batch, n_kept - off);
-        *ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, off, n));
-        if (*ret != 0) {
+        int32_t ret = llama_process(lctx, LLAMA_PROCESS_TYPE_DECODE, batch.render(lctx, off, n));
+        if (ret != 0) {
             LOG_ERR("topv: failed to decode the kept image tokens\n");
-            return true;
+            return ret;
         }
         if (callback != nullptr) {
             const mtmd_helper_embd_batch view = batch.get_view(off, n);
-            *ret = callback(&view, user_data);
-            if (*ret != 0) {
+            ret = callback(&view, user_data);
+            if (ret != 0) {
                 LOG_ERR("post-decode callback failed\n");
-                return true;
+                return ret;
             }
         }
     }
@@ -625,12 +685,51 @@ bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, 
     st.stats.decode_ms = topv_ms_since(t_decode);
     st.stats.n_kept    = n_kept;
     st.stats.result    = MTMD_TOPV_PRUNED;
+    return 0;
+}
+
+bool mtmd_topv_try_decode_image_chunk(mtmd_context * ctx, llama_context * lctx, const mtmd_input_chunk * chunk,
+                                      const float * embd, llama_pos n_past, llama_seq_id seq_id, int32_t n_batch,
+                                      llama_pos * new_n_past, mtmd_helper_post_decode_callback callback,
+                                      void * user_data, int32_t * ret) {
+    mtmd_topv_state & st = *mtmd_topv_state_of(ctx);
+    topv_chunk_job job{};
+    job.ctx      = ctx;
+    job.lctx     = lctx;
+    job.chunk    = chunk;
+    job.embd     = embd;
+    job.n_past   = n_past;
+    job.seq_id   = seq_id;
+    job.n_tokens = (int32_t) mtmd_input_chunk_get_n_tokens(chunk);
+    job.n_embd   = llama_model_n_embd(llama_get_model(lctx));
+    job.n_pos_per_embd = mtmd_decode_use_mrope(ctx) ? 4 : 1;
+
+    const mtmd_image_tokens * image_tokens = mtmd_input_chunk_get_tokens_image(chunk);
+    mtmd_topv_image_facts facts{};
+    const bool have_facts = image_tokens && mtmd_topv_image_facts_of(ctx, image_tokens, &facts);
+    topv_begin_stats(st, have_facts ? &facts : nullptr, job.n_tokens, job.n_embd);
+    if (!topv_plan(st, job, have_facts ? &facts : nullptr)) {
+        return false;
+    }
+
+    std::vector<float> all_source, all_target; // every chunk token's features (the pass reads the grid's)
+    switch (topv_probe_chunk(st, job, all_source, all_target)) {
+        case topv_probe_result::ok:       break;
+        case topv_probe_result::declined: return false;
+        case topv_probe_result::failed:   *ret = -1; return true;
+    }
+    if (!topv_select_kept(st, job, all_source, all_target)) {
+        return false;
+    }
+    *ret = topv_decode_kept(st, job, n_batch, callback, user_data);
+    if (*ret != 0) {
+        return true;
+    }
 
     char line[256];
     LOG_INF("%s\n", mtmd_topv_format_stats(ctx, line, sizeof(line)));
-
     // as if nothing was pruned (the diagnostic renumbering: right after the kept tokens)
-    *new_n_past = n_past + (renumber ? n_kept : mtmd_input_chunk_get_n_pos(chunk));
-    *ret = 0;
+    const bool renumber = st.params.renumber_positions && !mtmd_decode_use_mrope(ctx);
+    *new_n_past = n_past + (renumber ? (llama_pos) st.stats.n_kept : mtmd_input_chunk_get_n_pos(chunk));
     return true;
 }

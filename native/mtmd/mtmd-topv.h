@@ -84,6 +84,15 @@ struct mtmd_topv_stats {
     int32_t n_budget;         // grid tokens this chunk was given of the picture's budget (0 when not pruning)
 };
 
+// Lifetimes of the pointers the functions below return:
+// - mtmd_topv_get_kept, _get_scores, _get_features, _get_reason: owned by ctx and about the last image chunk decoded
+//   through mtmd_helper_decode_image_chunk(); valid until the next image chunk is decoded with ctx (pruned or not: the
+//   buffers are reused and may move) or mtmd_free(ctx), whichever comes first. mtmd_topv_set_params() and
+//   mtmd_topv_enable() leave them valid. Copy what you keep longer; do not read them while another thread decodes.
+// - mtmd_topv_image_input_error: owned by ctx, fixed at mtmd_init_from_file(), valid until mtmd_free(ctx).
+// - mtmd_topv_format_stats: returns the caller's buf.
+// - mtmd_topv_result_string, _chunk_role_name and the strings of struct mtmd_topv_layout_info: static, valid forever.
+
 MTMD_API struct mtmd_topv_params mtmd_topv_default_params(void);
 // returns 0, or a topv_status code (the parameters are then not changed); see topv_status_string()
 MTMD_API int32_t mtmd_topv_set_params(mtmd_context * ctx, const struct mtmd_topv_params * params);
@@ -105,6 +114,9 @@ MTMD_API int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const struct l
 MTMD_API struct mtmd_topv_stats mtmd_topv_get_stats(const mtmd_context * ctx);
 // the sentence that explains the last image's result (the layout table's reason when it declined), never NULL
 MTMD_API const char * mtmd_topv_get_reason(const mtmd_context * ctx);
+// one line describing the parameters ("topv: pruning images to 0.25 of their tokens at layer 0 (divprune)", or
+// "topv: pruning is off"), for logs; returns buf
+MTMD_API const char * mtmd_topv_format_params(const mtmd_context * ctx, char * buf, size_t size);
 // one line describing the last image ("topv: 576 image tokens -> 144 kept ..."), for logs; returns buf
 MTMD_API const char * mtmd_topv_format_stats(const mtmd_context * ctx, char * buf, size_t size);
 // the last pruned image: kept chunk token indices (stats.n_kept, ascending, structural ones included), TopV scores
@@ -114,10 +126,15 @@ MTMD_API const char * mtmd_topv_format_stats(const mtmd_context * ctx, char * bu
 MTMD_API const int32_t * mtmd_topv_get_kept    (const mtmd_context * ctx);
 MTMD_API const double  * mtmd_topv_get_scores  (const mtmd_context * ctx);
 MTMD_API const float   * mtmd_topv_get_features(const mtmd_context * ctx, bool target);
-// whether this mmproj belongs with this text model, by the layout table (the projector's text architectures and
-// rope type). 0 when it does; otherwise non-zero and a sentence in reason (if given).
+// whether this mmproj belongs with this text model: the projector's image marker tokens must be in the model's
+// vocabulary (mtmd_topv_image_input_error), and the layout table's text architectures and rope type must match.
+// 0 when it does; otherwise non-zero and a sentence in reason (if given).
 MTMD_API int32_t mtmd_topv_check_model(const mtmd_context * ctx, const struct llama_model * model,
                                        char * reason, size_t size);
+// why mtmd_tokenize() refuses images with this context's text model, NULL when it does not: the mmproj's projector
+// marks images with tokens the model's vocabulary lacks (an mmproj of another family; stock llama.cpp aborted in the
+// decode). Decided at mtmd_init_from_file(); valid as long as ctx.
+MTMD_API const char * mtmd_topv_image_input_error(const mtmd_context * ctx);
 
 // the layout table (mtmd-topv-layouts.cpp), one entry per vision/audio projector type of this llama.cpp: which
 // families it serves, whether the stage prunes it and how it reads the grid, or why it declines it

@@ -17,6 +17,14 @@ QUESTION = "What is in the picture?"
 LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY = 1
 
 
+def allow_position_gaps(chat: VisionChat) -> None:
+    """Let the context take a decode with position gaps, as the stage does before its kept decode (patches/01:
+    llama.cpp's position checks stay upstream's on every other context)."""
+    fn = chat.llama.llama_cpp._lib.llama_set_allow_pos_gaps
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_bool], None
+    fn(chat.ctx, True)
+
+
 def decode_text_chunk(chat: VisionChat, chunk, first_pos: int) -> int:
     """Decode a text chunk with llama_decode at positions first_pos.. (all logits on); returns its token count."""
     L, M = chat.llama, chat.mtmd
@@ -96,6 +104,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray | list[np.n
     chunks = prompt_chunks(chat, picture)
     plan = chat._plan(chunks)
     chat._create_context(plan.peak_cells, plan.largest_image)
+    allow_position_gaps(chat)
     width = L.llama_model_n_embd_inp(chat.model)
     try:
         n_past, i_image = 0, 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,7 +21,8 @@ from topv_edge.options import TopVOptions
 from topv_edge.session import VisionChat
 
 from helpers.families import FAMILIES
-from helpers.stage import QUESTION, decode_text_chunk
+from helpers.server import free_port
+from helpers.stage import QUESTION, allow_position_gaps, decode_text_chunk
 
 
 
@@ -121,6 +121,7 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray, renumber: 
     content = [{"type": "text", "text": chat.marker}, {"type": "text", "text": QUESTION}]
     chunks = chat._tokenize(chat._render([{"role": "user", "content": content}]), [read_image(picture)])
     chat._create_context(256, 512)
+    allow_position_gaps(chat)
     n_past, shift = 0, 0
     n_embd = L.llama_model_n_embd(chat.model)
     for i in range(M.mtmd_input_chunks_size(chunks)):
@@ -211,12 +212,6 @@ def test_mtmd_cli_falls_back_to_unpruned_with_a_warning(models_dir, picture, lib
     out = (r.stdout + r.stderr).decode("utf-8", "replace")
     assert r.returncode == 0, out[-2000:]
     assert "decoded unpruned" in out and reason in out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_llama_server_answers_an_image_request_with_pruning(models_dir, picture, libs, tmp_path):

@@ -1,0 +1,148 @@
+"""llama-server edges we ship: the prompt cache across two adjacent images, bad media URLs, pruning in the response.
+
+- patches/40-server-keep-first.patch: a slot that cached [image A][image B] answered every later request that shared
+  the prompt up to A with HTTP 500 "Chunk not found" (server_tokens::keep_first checked the last kept token instead
+  of the first removed one), and stayed stuck; with and without pruning.
+- patches/41-server-empty-media-url.patch: an empty image URL (and a URL that is not base64) is the client's error:
+  400, not 500.
+- patches/42-server-topv-report.patch: `timings` reports the image tokens before and after pruning, and the server
+  logs its `topv: pruning images ...` line at the default verbosity.
+
+A real llama-server on 127.0.0.1 with a tiny generated LLaVA pair (64 tokens per picture), one slot.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers.server import free_port
+
+N_IMAGE = 64  # llava tiny: an 8 x 8 grid per picture
+
+
+def binary(libs, name: str) -> str:
+    path = libs.directory / "bin" / name
+    assert path.exists(), f"{path} missing: run scripts/build_llama_cpp.sh"
+    return str(path)
+
+
+class Server:
+    def __init__(self, libs, models_dir: Path, log_path: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([binary(libs, "llama-server"), "-m", str(models_dir / "llava-tiny.gguf"),
+                                      "--mmproj", str(models_dir / "mmproj-llava-tiny.gguf"), "--host", "127.0.0.1",
+                                      "--port", str(self.port), "-t", "2", "-c", "2048", "-np", "1", *flags],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.close()
+                raise AssertionError("llama-server did not come up:\n" + self.log()[-3000:])
+            time.sleep(0.3)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def chat(self, content: list | str, **extra) -> tuple[int, dict]:
+        body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0, **extra}
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/chat/completions",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+
+@pytest.fixture(scope="module", params=["stock", "topv"])
+def server(request, models_dir, libs, tmp_path_factory):
+    flags = ["--topv-keep", "0.25"] if request.param == "topv" else []
+    s = Server(libs, models_dir, tmp_path_factory.mktemp("server") / "server.log", *flags)
+    s.pruning = request.param == "topv"
+    yield s
+    s.close()
+
+
+def picture_uri(seed: int) -> str:
+    from topv_edge.lab.synth import demo_image
+
+    buf = io.BytesIO()
+    demo_image((336, 336), seed=seed).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image(seed: int) -> dict:
+    return {"type": "image_url", "image_url": {"url": picture_uri(seed)}}
+
+
+def text(t: str) -> dict:
+    return {"type": "text", "text": t}
+
+
+def test_a_prompt_sharing_the_first_of_two_cached_images_is_answered(server):
+    """Cache [A][B], then ask with [A] and other text, then with [A][C]: each is answered (was 500 "Chunk not found"
+    for both, and for every request with that prefix until a cache_prompt:false one)."""
+    status, reply = server.chat([image(1), image(2), text("What differs?")])
+    assert status == 200, reply
+    for content in ([image(1), text("And this one?")], [image(1), image(3), text("What differs now?")],
+                    [image(1), text("Once more?")]):
+        status, reply = server.chat(content)
+        assert status == 200, (status, reply)
+        assert reply["choices"][0]["message"]["content"] is not None
+        # the slot reused A from its cache: only what follows it was processed
+        assert reply["timings"]["cache_n"] >= N_IMAGE, reply["timings"]
+    assert "Chunk not found" not in server.log()
+
+
+@pytest.mark.parametrize("url,message", [("", "the media URL is empty"), ("%%% not base64 %%%", "Invalid base64")])
+def test_a_bad_image_url_is_a_client_error(server, url, message):
+    status, reply = server.chat([{"type": "image_url", "image_url": {"url": url}}, text("hi")])
+    assert status == 400, (status, reply)
+    assert message in reply["error"]["message"]
+    status, reply = server.chat("still there?")  # the server is up and the slot free
+    assert status == 200, reply
+
+
+def test_timings_report_the_image_tokens_before_and_after_pruning(server):
+    status, reply = server.chat([image(7), text("Describe it.")], cache_prompt=False)
+    assert status == 200, reply
+    t = reply["timings"]
+    kept = N_IMAGE // 4 if server.pruning else N_IMAGE
+    assert (t["image_tokens"], t["image_tokens_kept"]) == (N_IMAGE, kept), t
+    # prompt_n and usage count the prompt's positions (an image's tokens whole): see docs/patch.md
+    assert t["prompt_n"] >= N_IMAGE and reply["usage"]["prompt_tokens"] == t["prompt_n"] + t["cache_n"]
+    # a text-only request reports no image tokens
+    status, reply = server.chat("no picture here", cache_prompt=False)
+    assert status == 200 and "image_tokens" not in reply["timings"], reply["timings"]
+
+
+def test_the_pruning_line_is_logged_at_the_default_verbosity(server):
+    lines = [line for line in server.log().splitlines() if "topv: pruning images to" in line]
+    if server.pruning:
+        assert len(lines) == 1 and "0.25 of their tokens at layer 0 (divprune)" in lines[0], lines
+    else:
+        assert lines == []
