@@ -175,9 +175,10 @@ std::vector<int32_t> select_with_recovery(const std::vector<double> & r, int64_t
 }
 
 // The transport problem of docs/pass.md steps 1-6. The N x N kernel (and, for
-// the read-outs that need it, the scaled feature cost as float32) is either
-// stored (within max_scratch_bytes) or recomputed block by block on every pass
-// over it (iters + 2 passes), which bounds scratch memory at O(N * ROW_BLOCK * threads).
+// the read-outs that need it, the scaled feature cost as float32) is stored for
+// as many leading row blocks as fit in max_scratch_bytes (all of them for N up to
+// 8192 at the default 256 MiB), and the other blocks are recomputed on every pass
+// over them (iters + 2 passes): scratch is that budget plus O(N d + N * ROW_BLOCK * threads).
 //
 // The central cost is constant along a row, so K = diag(e) K' with e_i = exp(-gamma E_i / eps)
 // kept in double and K' = exp(-(alpha F + beta P) / eps) stored: the row factor cancels
@@ -203,14 +204,15 @@ public:
         gemm_.resize((size_t) in.n_threads);
         gram_.resize((size_t) in.n_threads);
         const double entry = sizeof(KT) + (needs_f_ ? sizeof(float) : 0);
-        stored_ = (double) n_ * (double) n_ * entry <= (double) in.p.max_scratch_bytes;
-        if (stored_) {
-            kernel_.resize((size_t) (n_ * n_));
-            if (needs_f_) f_scaled_.resize((size_t) (n_ * n_));
-        } else {
-            rows_.resize((size_t) in.n_threads);
-            f_rows_.resize((size_t) in.n_threads);
-        }
+        // whole blocks, so that a block is either stored or recomputed (the same bits either way)
+        const double block_bytes = (double) ROW_BLOCK * (double) n_ * entry;
+        n_stored_ = std::min<int64_t>(n_blocks_, (int64_t) std::floor((double) in.p.max_scratch_bytes / block_bytes));
+        if ((double) n_ * (double) n_ * entry <= (double) in.p.max_scratch_bytes) n_stored_ = n_blocks_;
+        const int64_t stored_rows = std::min(n_, n_stored_ * ROW_BLOCK);
+        kernel_.resize((size_t) (stored_rows * n_));
+        if (needs_f_) f_scaled_.resize((size_t) (stored_rows * n_));
+        rows_.resize((size_t) in.n_threads);
+        f_rows_.resize((size_t) in.n_threads);
         work_.resize((size_t) in.n_threads);
         feature_range();
     }
@@ -319,6 +321,7 @@ private:
     }
 
     int64_t block_rows(int64_t b) const { return std::min(ROW_BLOCK, n_ - b * ROW_BLOCK); }
+    bool stored(int64_t b) const { return b < n_stored_; }
 
     // F_ij = ||s_i / rms_i - t_j / rms_j||^2 / d, expanded around the Gram matrix S T^T.
     void feature_cost(int64_t b, int worker, KT * dst) {
@@ -371,7 +374,7 @@ private:
     void feature_range() {
         std::vector<double> lo((size_t) n_blocks_), hi((size_t) n_blocks_);
         topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
-            KT * dst = stored_ ? &kernel_[(size_t) (b * ROW_BLOCK * n_)] : scratch_rows(worker);
+            KT * dst = stored(b) ? &kernel_[(size_t) (b * ROW_BLOCK * n_)] : scratch_rows(worker);
             feature_cost(b, worker, dst);
             const auto mm = std::minmax_element(dst, dst + block_rows(b) * n_);
             lo[b] = (double) *mm.first;
@@ -379,8 +382,8 @@ private:
         });
         f_min_ = *std::min_element(lo.begin(), lo.end());
         f_max_ = *std::max_element(hi.begin(), hi.end());
-        if (stored_) {
-            topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int) {
+        if (n_stored_ > 0) {
+            topv::parallel_for(n_stored_, in_.n_threads, [&](int64_t b, int) {
                 if (needs_f_) scale_features(b, &kernel_[(size_t) (b * ROW_BLOCK * n_)], &f_scaled_[(size_t) (b * ROW_BLOCK * n_)]);
                 feature_to_kernel(b, &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
             });
@@ -401,7 +404,7 @@ private:
     template <typename Fn>
     void for_each_block_f(Fn && fn) {
         topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
-            if (stored_) {
+            if (stored(b)) {
                 fn(b, (const KT *) &kernel_[(size_t) (b * ROW_BLOCK * n_)],
                    needs_f_ ? (const float *) &f_scaled_[(size_t) (b * ROW_BLOCK * n_)] : nullptr, worker);
             } else {
@@ -430,7 +433,7 @@ private:
     template <typename Fn>
     void for_each_block(Fn && fn) {
         topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
-            if (stored_) {
+            if (stored(b)) {
                 fn(b, (const KT *) &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
             } else {
                 KT * rows = scratch_rows(worker);
@@ -469,20 +472,20 @@ private:
     const int64_t n_blocks_;
     const readout how_;
     const bool needs_f_;
-    bool stored_ = false;
+    int64_t n_stored_ = 0;                   // row blocks [0, n_stored_) are stored
     std::vector<double> ps_, ia_, pt_, ib_;  // per-row squared norm / d and 1 / rms
     std::vector<double> spatial_;            // P by (|dx|, |dy|), or empty for huge grids
     double two_sigma2_ = 1.0;
     std::vector<double> central_;            // E_i
     std::vector<double> row_factor_;         // e_i = exp(-gamma E_i / eps)
     double f_min_ = 0.0, f_max_ = 0.0;
-    std::vector<KT> kernel_;                 // stored K (N x N) or empty
+    std::vector<KT> kernel_;                 // K' of the stored row blocks
     std::vector<double> partial_;            // per-block column sums
     topv::packed_rows packed_target_;        // T packed once for the Gram kernel
     std::vector<topv::gemm_scratch> gemm_;   // per worker
     std::vector<std::vector<double>> gram_;  // per worker
     std::vector<std::vector<KT>> rows_;      // per worker, when K is not stored
-    std::vector<float> f_scaled_;            // stored scaled F (N x N) for the cost read-outs, or empty
+    std::vector<float> f_scaled_;            // scaled F of the stored row blocks, for the cost read-outs
     std::vector<std::vector<float>> f_rows_; // per worker, when F is not stored
     std::vector<std::vector<double>> work_;  // per worker, the read-out's row products
 };
@@ -615,6 +618,7 @@ public:
 private:
     static constexpr int64_t COLUMN_CHUNK = 2048; // columns per tile of the triangle (bounds its scratch)
     static constexpr int64_t BATCH = 24;          // stale tokens brought up to date together
+    static constexpr double PARALLEL_UPDATE_WORK = 4e6; // multiply-adds
 
     // nearest[j] = min(nearest[j], 1 - cos(order[a], j)) for the picks a in [applied[j], t), for j in batch.
     // The batch is ordered by applied[] so that each panel of picks is multiplied by only the rows
@@ -635,11 +639,18 @@ private:
         c.resize((size_t) w);
         topv::gemm_scratch & scratch = gemm_[0];
         topv::pack_a(rows.data(), 0, m, d, scratch);
-        for (int64_t q0 = (a0 / panel) * panel; q0 < t; q0 += panel) {
-            const int64_t q1 = std::min(t, q0 + panel), lo = std::max(q0, a0);
+        const int64_t q_first = a0 / panel, n_q = (t + panel - 1) / panel - q_first;
+        const auto product = [&](int64_t q, int) { // panel q of the picks, for the rows that lack it
+            const int64_t q0 = (q_first + q) * panel, q1 = std::min(t, q0 + panel), lo = std::max(q0, a0);
             int64_t rows_needing = 0;
             while (rows_needing < m && applied[(size_t) batch[rows_needing]] < q1) ++rows_needing;
             topv::gram_packed(scratch, rows_needing, picks, lo, q1, g.data() + (lo - a0), w);
+        };
+        // threads only for products worth a thread's start (~50 us); the panels write disjoint columns
+        if ((double) m * (double) w * (double) d >= PARALLEL_UPDATE_WORK && n_q > 1) {
+            topv::parallel_for(n_q, in_.n_threads, product);
+        } else {
+            for (int64_t q = 0; q < n_q; ++q) product(q, 0);
         }
         for (int64_t r = 0; r < m; ++r) {
             const int64_t j = batch[r], from = applied[(size_t) j] - a0;
