@@ -112,8 +112,8 @@ inline double exp_nonpositive(double x) {
 
 // Dot products with 8 independent lanes added in a fixed order: vectorisable
 // without -ffast-math, and the same result on every run.
-template <typename T>
-double dot(const T * a, const T * b, int64_t n) {
+template <typename TA, typename TB>
+double dot(const TA * a, const TB * b, int64_t n) {
     double lanes[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
     int64_t k = 0;
     for (; k + 8 <= n; k += 8) {
@@ -175,9 +175,22 @@ std::vector<int32_t> select_with_recovery(const std::vector<double> & r, int64_t
 }
 
 // The transport problem of docs/pass.md steps 1-6. The N x N kernel (and, for
-// the read-outs that need it, the scaled feature cost as float32) is either
-// stored (within max_scratch_bytes) or recomputed block by block on every pass
-// over it (iters + 2 passes), which bounds scratch memory at O(N * ROW_BLOCK * threads).
+// the read-outs that need it, the scaled feature cost as float32) is stored for
+// as many leading row blocks as fit in max_scratch_bytes (all of them for N up to
+// 8192 at the default 256 MiB), and the other blocks are recomputed on every pass
+// over them (iters + 2 passes): scratch is that budget plus O(N d + N * ROW_BLOCK * threads).
+//
+// The central cost is constant along a row, so K = diag(e) K' with e_i = exp(-gamma E_i / eps)
+// kept in double and K' = exp(-(alpha F + beta P) / eps) stored: the row factor cancels
+// exactly where it should (the balanced case, P_ii / r_i) whatever K' is rounded to.
+// KT is K's storage type: float wherever every entry of K' is a normal float
+// ((alpha + beta) / eps <= KERNEL_F32_LIMIT: half the memory and half the traffic of the
+// Sinkhorn passes, which read it 2 * iters times), else double. With float the feature cost
+// F is rounded to float as well, before its min-max scaling (an error far below the float32
+// Gram product's). Stored and recomputed rows round the same doubles: the same bits.
+constexpr double KERNEL_F32_LIMIT = 80.0; // exp(-80) = 1.8e-35 > FLT_MIN
+
+template <typename KT>
 class transport {
 public:
     transport(const inputs & in, const std::vector<double> & source_sq, const std::vector<double> & target_sq,
@@ -187,17 +200,19 @@ public:
         row_stats(source_sq, ps_, ia_);
         row_stats(target_sq, pt_, ib_);
         spatial_terms();
+        topv::pack_rows(in.target, n_, in.d, in.n_threads, packed_target_);
         gemm_.resize((size_t) in.n_threads);
         gram_.resize((size_t) in.n_threads);
-        const double entry = sizeof(double) + (needs_f_ ? sizeof(float) : 0);
-        stored_ = (double) n_ * (double) n_ * entry <= (double) in.p.max_scratch_bytes;
-        if (stored_) {
-            kernel_.resize((size_t) (n_ * n_));
-            if (needs_f_) f_scaled_.resize((size_t) (n_ * n_));
-        } else {
-            rows_.resize((size_t) in.n_threads);
-            f_rows_.resize((size_t) in.n_threads);
-        }
+        const double entry = sizeof(KT) + (needs_f_ ? sizeof(float) : 0);
+        // whole blocks, so that a block is either stored or recomputed (the same bits either way)
+        const double block_bytes = (double) ROW_BLOCK * (double) n_ * entry;
+        n_stored_ = std::min<int64_t>(n_blocks_, (int64_t) std::floor((double) in.p.max_scratch_bytes / block_bytes));
+        if ((double) n_ * (double) n_ * entry <= (double) in.p.max_scratch_bytes) n_stored_ = n_blocks_;
+        const int64_t stored_rows = std::min(n_, n_stored_ * ROW_BLOCK);
+        kernel_.resize((size_t) (stored_rows * n_));
+        if (needs_f_) f_scaled_.resize((size_t) (stored_rows * n_));
+        rows_.resize((size_t) in.n_threads);
+        f_rows_.resize((size_t) in.n_threads);
         work_.resize((size_t) in.n_threads);
         feature_range();
     }
@@ -221,24 +236,24 @@ public:
         }
         std::vector<double> out((size_t) n_);
         const double alpha = p.alpha, beta = p.beta, gamma = p.gamma;
-        for_each_block_f([&](int64_t b, const double * rows, const float * f_rows, int worker) {
+        for_each_block_f([&](int64_t b, const KT * rows, const float * f_rows, int worker) {
             std::vector<double> & w = work_[(size_t) worker];
             w.resize((size_t) (2 * n_));
             double * pv = w.data(), * c = w.data() + n_;
             for (int64_t r = 0; r < block_rows(b); ++r) {
                 const int64_t i = b * ROW_BLOCK + r;
-                const double * row = rows + r * n_;
+                const KT * row = rows + r * n_; // K' (row i of K over e_i)
                 const double kv_i = dot(row, v.data(), n_);
                 switch (how_) {
                     case readout::rowsum:
-                        out[i] = u[i] * kv_i;
+                        out[i] = u[i] * (row_factor_[i] * kv_i);
                         break;
-                    case readout::self: // P_ii / r_i = K_ii v_i / (K v)_i
-                        out[i] = row[i] * v[i] / kv_i;
+                    case readout::self: // P_ii / r_i = K_ii v_i / (K v)_i: u_i and e_i cancel
+                        out[i] = (double) row[i] * v[i] / kv_i;
                         break;
-                    case readout::fcost: { // sum_j P_ij F_ij / r_i: u_i cancels
+                    case readout::fcost: { // sum_j P_ij F_ij / r_i: u_i and e_i cancel
                         const float * f = f_rows + r * n_;
-                        for (int64_t j = 0; j < n_; ++j) { pv[j] = row[j] * v[j]; c[j] = (double) f[j]; }
+                        for (int64_t j = 0; j < n_; ++j) { pv[j] = (double) row[j] * v[j]; c[j] = (double) f[j]; }
                         out[i] = dot(pv, c, n_) / kv_i;
                         break;
                     }
@@ -247,10 +262,10 @@ public:
                         const double row_cost = gamma * central_[i];
                         for (int64_t j = 0; j < n_; ++j) {
                             const int32_t dx = std::abs(in_.x[i] - in_.x[j]), dy = std::abs(in_.y[i] - in_.y[j]);
-                            pv[j] = row[j] * v[j];
+                            pv[j] = (double) row[j] * v[j];
                             c[j] = alpha * (double) f[j] + beta * spatial(dx, dy) + row_cost;
                         }
-                        out[i] = u[i] * dot(pv, c, n_);
+                        out[i] = u[i] * (row_factor_[i] * dot(pv, c, n_));
                         break;
                     }
                 }
@@ -299,45 +314,59 @@ private:
             const double ddx = in_.x[i] - cx, ddy = in_.y[i] - cy;
             central_[i] = norm > 0.0 ? std::sqrt(ddx * ddx + ddy * ddy) / norm : 0.0;
         }
+        row_factor_.resize((size_t) n_);
+        for (int64_t i = 0; i < n_; ++i) {
+            row_factor_[i] = exp_nonpositive(-((double) in_.p.gamma * central_[i]) / (double) in_.p.eps);
+        }
     }
 
     int64_t block_rows(int64_t b) const { return std::min(ROW_BLOCK, n_ - b * ROW_BLOCK); }
+    bool stored(int64_t b) const { return b < n_stored_; }
 
     // F_ij = ||s_i / rms_i - t_j / rms_j||^2 / d, expanded around the Gram matrix S T^T.
-    void feature_cost(int64_t b, int worker, double * dst) {
+    void feature_cost(int64_t b, int worker, KT * dst) {
         const int64_t i0 = b * ROW_BLOCK, rows = block_rows(b);
         std::vector<double> & g = gram_[(size_t) worker];
         g.resize((size_t) (ROW_BLOCK * n_));
-        topv::gram_rows(in_.source, i0, i0 + rows, in_.target, n_, in_.d, g.data(), gemm_[(size_t) worker]);
+        topv::gram_block(in_.source, i0, i0 + rows, packed_target_, 0, n_, g.data(), n_, gemm_[(size_t) worker]);
         const double two_over_d = 2.0 / (double) in_.d;
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = i0 + r;
             const double scale = two_over_d * ia_[i];
             for (int64_t j = 0; j < n_; ++j) {
                 const double f = ps_[i] + pt_[j] - scale * ib_[j] * g[(size_t) (r * n_ + j)];
-                dst[r * n_ + j] = f > 0.0 ? f : 0.0;
+                dst[r * n_ + j] = (KT) (f > 0.0 ? f : 0.0);
             }
         }
     }
 
-    // In place: F -> K = exp(-(alpha F_scaled + beta P + gamma E) / eps).
-    void feature_to_kernel(int64_t b, double * rows) const {
+    // In place: F -> K' = exp(-(alpha F_scaled + beta P) / eps), one vectorisable loop per
+    // row (the table lookup is a gather; the exponential is inlined).
+    void feature_to_kernel(int64_t b, KT * rows) const {
         const topv_params & p = in_.p;
         const double range = f_max_ - f_min_;
         const double inv_range = range >= F_RANGE_MIN ? 1.0 / range : 0.0;
-        const int64_t i0 = b * ROW_BLOCK;
+        const double alpha = p.alpha, beta = p.beta, eps = p.eps, f_min = f_min_;
+        const int32_t * xs = in_.x, * ys = in_.y;
+        const int64_t i0 = b * ROW_BLOCK, w = in_.w;
         for (int64_t r = 0; r < block_rows(b); ++r) {
             const int64_t i = i0 + r;
-            const double row_cost = (double) p.gamma * central_[i];
-            double * row = rows + r * n_;
-            for (int64_t j = 0; j < n_; ++j) {
-                const int32_t dx = std::abs(in_.x[i] - in_.x[j]), dy = std::abs(in_.y[i] - in_.y[j]);
-                const double c = (double) p.alpha * (row[j] - f_min_) * inv_range
-                               + (double) p.beta * spatial(dx, dy) + row_cost;
-                row[j] = -c / (double) p.eps;
-            }
-            for (int64_t j = 0; j < n_; ++j) { // a separate loop, so that it vectorises
-                row[j] = exp_nonpositive(row[j]);
+            const int32_t xi = xs[i], yi = ys[i];
+            KT * row = rows + r * n_;
+            if (!spatial_.empty()) {
+                const double * table = spatial_.data();
+                for (int64_t j = 0; j < n_; ++j) {
+                    const int32_t dx = std::abs(xi - xs[j]), dy = std::abs(yi - ys[j]);
+                    const double c = alpha * ((double) row[j] - f_min) * inv_range
+                                   + beta * table[(int64_t) dy * w + dx];
+                    row[j] = (KT) exp_nonpositive(-c / eps);
+                }
+            } else {
+                for (int64_t j = 0; j < n_; ++j) {
+                    const int32_t dx = std::abs(xi - xs[j]), dy = std::abs(yi - ys[j]);
+                    const double c = alpha * ((double) row[j] - f_min) * inv_range + beta * spatial(dx, dy);
+                    row[j] = (KT) exp_nonpositive(-c / eps);
+                }
             }
         }
     }
@@ -345,16 +374,16 @@ private:
     void feature_range() {
         std::vector<double> lo((size_t) n_blocks_), hi((size_t) n_blocks_);
         topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
-            double * dst = stored_ ? &kernel_[(size_t) (b * ROW_BLOCK * n_)] : scratch_rows(worker);
+            KT * dst = stored(b) ? &kernel_[(size_t) (b * ROW_BLOCK * n_)] : scratch_rows(worker);
             feature_cost(b, worker, dst);
             const auto mm = std::minmax_element(dst, dst + block_rows(b) * n_);
-            lo[b] = *mm.first;
-            hi[b] = *mm.second;
+            lo[b] = (double) *mm.first;
+            hi[b] = (double) *mm.second;
         });
         f_min_ = *std::min_element(lo.begin(), lo.end());
         f_max_ = *std::max_element(hi.begin(), hi.end());
-        if (stored_) {
-            topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int) {
+        if (n_stored_ > 0) {
+            topv::parallel_for(n_stored_, in_.n_threads, [&](int64_t b, int) {
                 if (needs_f_) scale_features(b, &kernel_[(size_t) (b * ROW_BLOCK * n_)], &f_scaled_[(size_t) (b * ROW_BLOCK * n_)]);
                 feature_to_kernel(b, &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
             });
@@ -362,12 +391,12 @@ private:
     }
 
     // The min-max scaled feature cost of block b as float32 (for the read-outs only:
-    // the same bits whether stored or recomputed; the kernel uses the double value).
-    void scale_features(int64_t b, const double * f, float * out) const {
+    // the same bits whether stored or recomputed).
+    void scale_features(int64_t b, const KT * f, float * out) const {
         const double range = f_max_ - f_min_;
         const double inv_range = range >= F_RANGE_MIN ? 1.0 / range : 0.0;
         for (int64_t k = 0; k < block_rows(b) * n_; ++k) {
-            out[k] = (float) ((f[k] - f_min_) * inv_range);
+            out[k] = (float) (((double) f[k] - f_min_) * inv_range);
         }
     }
 
@@ -375,11 +404,11 @@ private:
     template <typename Fn>
     void for_each_block_f(Fn && fn) {
         topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
-            if (stored_) {
-                fn(b, (const double *) &kernel_[(size_t) (b * ROW_BLOCK * n_)],
+            if (stored(b)) {
+                fn(b, (const KT *) &kernel_[(size_t) (b * ROW_BLOCK * n_)],
                    needs_f_ ? (const float *) &f_scaled_[(size_t) (b * ROW_BLOCK * n_)] : nullptr, worker);
             } else {
-                double * rows = scratch_rows(worker);
+                KT * rows = scratch_rows(worker);
                 feature_cost(b, worker, rows);
                 float * f = nullptr;
                 if (needs_f_) {
@@ -389,13 +418,13 @@ private:
                     scale_features(b, rows, f);
                 }
                 feature_to_kernel(b, rows);
-                fn(b, (const double *) rows, (const float *) f, worker);
+                fn(b, (const KT *) rows, (const float *) f, worker);
             }
         });
     }
 
-    double * scratch_rows(int worker) {
-        std::vector<double> & rows = rows_[(size_t) worker];
+    KT * scratch_rows(int worker) {
+        std::vector<KT> & rows = rows_[(size_t) worker];
         rows.resize((size_t) (ROW_BLOCK * n_));
         return rows.data();
     }
@@ -404,13 +433,13 @@ private:
     template <typename Fn>
     void for_each_block(Fn && fn) {
         topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
-            if (stored_) {
-                fn(b, (const double *) &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
+            if (stored(b)) {
+                fn(b, (const KT *) &kernel_[(size_t) (b * ROW_BLOCK * n_)]);
             } else {
-                double * rows = scratch_rows(worker);
+                KT * rows = scratch_rows(worker);
                 feature_cost(b, worker, rows);
                 feature_to_kernel(b, rows);
-                fn(b, (const double *) rows);
+                fn(b, (const KT *) rows);
             }
         });
     }
@@ -420,13 +449,14 @@ private:
     template <typename RowFn>
     std::vector<double> sweep(const std::vector<double> & v, RowFn && row_fn) {
         partial_.assign((size_t) (n_blocks_ * n_), 0.0);
-        for_each_block([&](int64_t b, const double * rows) {
+        for_each_block([&](int64_t b, const KT * rows) {
             double * acc = &partial_[(size_t) (b * n_)];
             for (int64_t r = 0; r < block_rows(b); ++r) {
-                const double * row = rows + r * n_;
-                const double w = row_fn(b * ROW_BLOCK + r, dot(row, v.data(), n_));
+                const KT * row = rows + r * n_;
+                const int64_t i = b * ROW_BLOCK + r;
+                const double w = row_fn(i, row_factor_[i] * dot(row, v.data(), n_)) * row_factor_[i];
                 if (w != 0.0) {
-                    for (int64_t j = 0; j < n_; ++j) acc[j] += row[j] * w;
+                    for (int64_t j = 0; j < n_; ++j) acc[j] += (double) row[j] * w;
                 }
             }
         });
@@ -442,26 +472,29 @@ private:
     const int64_t n_blocks_;
     const readout how_;
     const bool needs_f_;
-    bool stored_ = false;
+    int64_t n_stored_ = 0;                   // row blocks [0, n_stored_) are stored
     std::vector<double> ps_, ia_, pt_, ib_;  // per-row squared norm / d and 1 / rms
     std::vector<double> spatial_;            // P by (|dx|, |dy|), or empty for huge grids
     double two_sigma2_ = 1.0;
     std::vector<double> central_;            // E_i
+    std::vector<double> row_factor_;         // e_i = exp(-gamma E_i / eps)
     double f_min_ = 0.0, f_max_ = 0.0;
-    std::vector<double> kernel_;             // stored K (N x N) or empty
+    std::vector<KT> kernel_;                 // K' of the stored row blocks
     std::vector<double> partial_;            // per-block column sums
+    topv::packed_rows packed_target_;        // T packed once for the Gram kernel
     std::vector<topv::gemm_scratch> gemm_;   // per worker
     std::vector<std::vector<double>> gram_;  // per worker
-    std::vector<std::vector<double>> rows_;  // per worker, when K is not stored
-    std::vector<float> f_scaled_;            // stored scaled F (N x N) for the cost read-outs, or empty
+    std::vector<std::vector<KT>> rows_;      // per worker, when K is not stored
+    std::vector<float> f_scaled_;            // scaled F of the stored row blocks, for the cost read-outs
     std::vector<std::vector<float>> f_rows_; // per worker, when F is not stored
     std::vector<std::vector<double>> work_;  // per worker, the read-out's row products
 };
 
-// Cosine similarities of the source rows, cos_ij = s_i . s_j / (|s_i| |s_j|)
-// (0 where a row is all zeros), from the Gram kernel: the features of the
-// diversity baselines. Stored (N^2 doubles) within max_scratch_bytes, else
-// computed a block of rows at a time.
+// Cosine similarities of the source rows, cos_ij = s_i . s_j / (|s_i| |s_j|) (0 where
+// a row is all zeros), from the Gram kernel: the features of the diversity baselines.
+// Never stored: each entry is G_ij * (inv_i * inv_j) with G_ij from gram_block, whose
+// arithmetic makes G_ij and G_ji the same bits, so any pair may be computed either way
+// round, in any tile, and the values (hence every comparison) are those of the full matrix.
 class cosine {
 public:
     cosine(const inputs & in, const std::vector<double> & source_sq)
@@ -470,91 +503,175 @@ public:
         for (int64_t i = 0; i < n_; ++i) {
             inv_[i] = source_sq[(size_t) i] > 0.0 ? 1.0 / std::sqrt(source_sq[(size_t) i]) : 0.0;
         }
+        topv::pack_rows(in.source, n_, in.d, in.n_threads, packed_);
         gemm_.resize((size_t) in.n_threads);
-        rows_.resize((size_t) in.n_threads);
-        stored_ = (double) n_ * (double) n_ * sizeof(double) <= (double) in.p.max_scratch_bytes;
-        if (stored_) {
-            matrix_.resize((size_t) (n_ * n_));
-            topv::parallel_for(n_blocks_, in.n_threads, [&](int64_t b, int worker) {
-                compute(b * ROW_BLOCK, std::min(n_, (b + 1) * ROW_BLOCK), worker, &matrix_[(size_t) (b * ROW_BLOCK * n_)]);
-            });
-        }
     }
 
-    // 1 - max_{j != i} cos_ij for every row (1 for a lone token).
+    // 1 - max_{j != i} cos_ij for every row (1 for a lone token), from the upper triangle only:
+    // row block [i0, i1) against the columns from i0 (rounded down to a panel) on, each entry
+    // counted for its row and, by symmetry, for its column. Max is exact, so the order is free.
     std::vector<double> distinctiveness() {
-        std::vector<double> out((size_t) n_);
+        const int64_t panel = topv::gemm_panel_width();
+        const int64_t chunk = std::max<int64_t>(panel, (COLUMN_CHUNK / panel) * panel);
+        std::vector<double> row_max((size_t) n_, -INFINITY);
+        std::vector<std::vector<double>> col_max((size_t) in_.n_threads);
+        std::vector<std::vector<double>> tile((size_t) in_.n_threads);
         topv::parallel_for(n_blocks_, in_.n_threads, [&](int64_t b, int worker) {
-            const int64_t i0 = b * ROW_BLOCK, i1 = std::min(n_, (b + 1) * ROW_BLOCK);
-            const double * rows = block(i0, i1, worker);
-            for (int64_t i = i0; i < i1; ++i) {
-                const double * row = rows + (i - i0) * n_;
-                double best = -INFINITY;
-                for (int64_t j = 0; j < n_; ++j) {
-                    if (j != i && row[j] > best) best = row[j];
+            const int64_t i0 = b * ROW_BLOCK, i1 = std::min(n_, i0 + ROW_BLOCK);
+            std::vector<double> & cm = col_max[(size_t) worker];
+            std::vector<double> & g = tile[(size_t) worker];
+            if (cm.empty()) cm.assign((size_t) n_, -INFINITY);
+            g.resize((size_t) (ROW_BLOCK * chunk));
+            for (int64_t j0 = (i0 / panel) * panel; j0 < n_; j0 += chunk) {
+                const int64_t j1 = std::min(n_, j0 + chunk), w = j1 - j0;
+                topv::gram_block(in_.source, i0, i1, packed_, j0, j1, g.data(), w, gemm_[(size_t) worker]);
+                for (int64_t i = i0; i < i1; ++i) {
+                    double * c = g.data() + (i - i0) * w;
+                    for (int64_t j = j0; j < j1; ++j) c[j - j0] *= inv_[i] * inv_[j];
+                    double best = row_max[i];
+                    for (int64_t j = j0; j < j1; ++j) {
+                        if (j == i) continue;
+                        best = std::max(best, c[j - j0]);
+                        cm[j] = std::max(cm[j], c[j - j0]);
+                    }
+                    row_max[i] = best;
                 }
-                out[i] = n_ > 1 ? 1.0 - best : 1.0;
             }
         });
+        std::vector<double> out((size_t) n_);
+        for (int64_t i = 0; i < n_; ++i) {
+            double best = row_max[i];
+            for (const auto & cm : col_max) {
+                if (!cm.empty()) best = std::max(best, cm[i]);
+            }
+            out[i] = n_ > 1 ? 1.0 - best : 1.0;
+        }
         return out;
     }
 
-    // Row i of the cosine matrix (valid until the next call; worker 0's scratch).
-    const double * row(int64_t i) { return block(i, i + 1, 0); }
-
-private:
-    void compute(int64_t i0, int64_t i1, int worker, double * out) {
-        topv::gram_rows(in_.source, i0, i1, in_.source, n_, in_.d, out, gemm_[(size_t) worker]);
-        for (int64_t i = i0; i < i1; ++i) {
-            double * r = out + (i - i0) * n_;
-            for (int64_t j = 0; j < n_; ++j) r[j] *= inv_[i] * inv_[j];
+    // DivPrune (max-min diversity), greedily: the first token is the most distinctive
+    // (largest distance 1 - cos to its nearest other token), each next one the token
+    // farthest from its nearest already chosen token; ties to the lower index.
+    // Scores: K - t for the token chosen at step t, 0 for the others.
+    //
+    // Without the N x N matrix and without a pass over all tokens per pick: each token keeps
+    // its distance to the nearest of the picks applied to it so far (an upper bound on its
+    // distance to all picks, since applying more picks only lowers it). A max-heap on that
+    // bound (ties to the lower index) yields the pick: the top token, once brought up to date,
+    // is larger than every other token's bound, hence than its true distance. Stale tokens
+    // are brought up to date in batches, one small Gram product against the packed picks:
+    // tokens that never come near the top are never updated again. The distances are the same
+    // doubles as from the matrix (1 - G_ij * (inv_i * inv_j)), so the picks are the same.
+    void divprune(int64_t n_keep, std::vector<int32_t> & kept, std::vector<double> & scores) {
+        const std::vector<double> first = distinctiveness();
+        int64_t pick = 0;
+        for (int64_t j = 1; j < n_; ++j) {
+            if (first[j] > first[pick]) pick = j;
         }
+        kept.assign(1, (int32_t) pick);
+        scores[pick] = (double) n_keep;
+        if (n_keep == 1) return;
+
+        struct entry { double gain; int32_t j; };
+        const auto lower = [](const entry & a, const entry & b) { // the heap's top: largest gain, lowest index
+            return a.gain < b.gain || (a.gain == b.gain && a.j > b.j);
+        };
+        std::vector<double> nearest((size_t) n_, INFINITY);
+        std::vector<int32_t> applied((size_t) n_, 0); // picks [0, applied[j]) are in nearest[j]
+        std::vector<entry> heap;
+        heap.reserve((size_t) n_);
+        for (int64_t j = 0; j < n_; ++j) {
+            if (j != pick) heap.push_back({INFINITY, (int32_t) j});
+        }
+        std::make_heap(heap.begin(), heap.end(), lower);
+        topv::packed_rows picks;
+        topv::pack_append_row(in_.source + pick * in_.d, in_.d, picks);
+
+        std::vector<int32_t> batch;
+        std::vector<float> rows;
+        std::vector<double> g, c;
+        for (int64_t t = 1; t < n_keep; ++t) {
+            for (;;) {
+                if (applied[(size_t) heap.front().j] == t) break; // up to date and on top: the pick
+                batch.clear();
+                while (!heap.empty() && (int64_t) batch.size() < BATCH && applied[(size_t) heap.front().j] < t) {
+                    batch.push_back(heap.front().j);
+                    std::pop_heap(heap.begin(), heap.end(), lower);
+                    heap.pop_back();
+                }
+                update(batch, t, picks, kept, nearest, applied, rows, g, c);
+                for (int32_t j : batch) {
+                    heap.push_back({nearest[(size_t) j], j});
+                    std::push_heap(heap.begin(), heap.end(), lower);
+                }
+            }
+            pick = heap.front().j;
+            std::pop_heap(heap.begin(), heap.end(), lower);
+            heap.pop_back();
+            kept.push_back((int32_t) pick);
+            scores[pick] = (double) (n_keep - t);
+            if (t + 1 < n_keep) topv::pack_append_row(in_.source + pick * in_.d, in_.d, picks);
+        }
+        std::sort(kept.begin(), kept.end());
     }
 
-    const double * block(int64_t i0, int64_t i1, int worker) {
-        if (stored_) return &matrix_[(size_t) (i0 * n_)];
-        std::vector<double> & r = rows_[(size_t) worker];
-        r.resize((size_t) ((i1 - i0) * n_));
-        compute(i0, i1, worker, r.data());
-        return r.data();
+private:
+    static constexpr int64_t COLUMN_CHUNK = 2048; // columns per tile of the triangle (bounds its scratch)
+    static constexpr int64_t BATCH = 24;          // stale tokens brought up to date together
+    static constexpr double PARALLEL_UPDATE_WORK = 4e6; // multiply-adds
+
+    // nearest[j] = min(nearest[j], 1 - cos(order[a], j)) for the picks a in [applied[j], t), for j in batch.
+    // The batch is ordered by applied[] so that each panel of picks is multiplied by only the rows
+    // that lack it (a prefix): the work is what the tokens need, rounded up to a panel.
+    void update(std::vector<int32_t> & batch, int64_t t, const topv::packed_rows & picks,
+                const std::vector<int32_t> & order, std::vector<double> & nearest, std::vector<int32_t> & applied,
+                std::vector<float> & rows, std::vector<double> & g, std::vector<double> & c) {
+        std::sort(batch.begin(), batch.end(), [&](int32_t a, int32_t b) {
+            return applied[(size_t) a] < applied[(size_t) b] || (applied[(size_t) a] == applied[(size_t) b] && a < b);
+        });
+        const int64_t m = (int64_t) batch.size(), d = in_.d, panel = topv::gemm_panel_width();
+        const int64_t a0 = applied[(size_t) batch[0]], w = t - a0;
+        rows.resize((size_t) (m * d));
+        for (int64_t r = 0; r < m; ++r) {
+            std::copy(in_.source + batch[r] * d, in_.source + (batch[r] + 1) * d, rows.begin() + r * d);
+        }
+        g.resize((size_t) (m * w));
+        c.resize((size_t) w);
+        topv::gemm_scratch & scratch = gemm_[0];
+        topv::pack_a(rows.data(), 0, m, d, scratch);
+        const int64_t q_first = a0 / panel, n_q = (t + panel - 1) / panel - q_first;
+        const auto product = [&](int64_t q, int) { // panel q of the picks, for the rows that lack it
+            const int64_t q0 = (q_first + q) * panel, q1 = std::min(t, q0 + panel), lo = std::max(q0, a0);
+            int64_t rows_needing = 0;
+            while (rows_needing < m && applied[(size_t) batch[rows_needing]] < q1) ++rows_needing;
+            topv::gram_packed(scratch, rows_needing, picks, lo, q1, g.data() + (lo - a0), w);
+        };
+        // threads only for products worth a thread's start (~50 us); the panels write disjoint columns
+        if ((double) m * (double) w * (double) d >= PARALLEL_UPDATE_WORK && n_q > 1) {
+            topv::parallel_for(n_q, in_.n_threads, product);
+        } else {
+            for (int64_t q = 0; q < n_q; ++q) product(q, 0);
+        }
+        for (int64_t r = 0; r < m; ++r) {
+            const int64_t j = batch[r], from = applied[(size_t) j] - a0;
+            const double * gr = g.data() + r * w;
+            // the cosine first, into memory, then the distance: as from the stored matrix
+            // (no fused multiply-add of the two, which would round differently)
+            for (int64_t a = from; a < w; ++a) c[a] = gr[a] * (inv_[order[a0 + a]] * inv_[j]);
+            double best = nearest[j];
+            for (int64_t a = from; a < w; ++a) best = std::min(best, 1.0 - c[a]);
+            nearest[j] = best;
+            applied[j] = (int32_t) t;
+        }
     }
 
     const inputs & in_;
     const int64_t n_;
     const int64_t n_blocks_;
-    bool stored_ = false;
     std::vector<double> inv_;                // 1 / |s_i|, or 0
-    std::vector<double> matrix_;             // stored N x N, or empty
+    topv::packed_rows packed_;               // the source rows, packed for the Gram kernel
     std::vector<topv::gemm_scratch> gemm_;   // per worker
-    std::vector<std::vector<double>> rows_;  // per worker, when not stored
 };
-
-// DivPrune (max-min diversity), greedily: the first token is the most distinctive
-// (largest distance 1 - cos to its nearest other token), each next one the token
-// farthest from its nearest already chosen token; ties to the lower index.
-// Scores: K - t for the token chosen at step t, 0 for the others.
-void divprune(const inputs & in, cosine & cs, std::vector<int32_t> & kept, std::vector<double> & scores) {
-    const int64_t n = in.n;
-    const std::vector<double> first = cs.distinctiveness();
-    std::vector<double> nearest((size_t) n, INFINITY); // distance to the nearest chosen token
-    std::vector<char> taken((size_t) n, 0);
-    kept.clear();
-    for (int64_t t = 0; t < in.n_keep; ++t) {
-        const std::vector<double> & gain = t == 0 ? first : nearest;
-        int64_t pick = -1;
-        for (int64_t j = 0; j < n; ++j) {
-            if (!taken[j] && (pick < 0 || gain[j] > gain[pick])) pick = j;
-        }
-        taken[pick] = 1;
-        kept.push_back((int32_t) pick);
-        scores[pick] = (double) (in.n_keep - t);
-        if (t + 1 < in.n_keep) {
-            const double * row = cs.row(pick);
-            for (int64_t j = 0; j < n; ++j) nearest[j] = std::min(nearest[j], 1.0 - row[j]);
-        }
-    }
-    std::sort(kept.begin(), kept.end());
-}
 
 // An even 2-D lattice of exactly K points over the W x H grid: gy rows (about
 // sqrt(K H / W), so that the spacing is about the same both ways), row r at
@@ -645,8 +762,11 @@ int32_t run(const inputs & in_raw, std::vector<int32_t> & kept, std::vector<doub
     }
     scores.assign((size_t) in.n, 0.0);
     if (m.target) { // the transport methods
-        transport t(in, source_sq, target_sq, m.how);
-        scores = t.importance();
+        if (((double) in.p.alpha + in.p.beta) / in.p.eps <= KERNEL_F32_LIMIT) {
+            scores = transport<float>(in, source_sq, target_sq, m.how).importance();
+        } else {
+            scores = transport<double>(in, source_sq, target_sq, m.how).importance();
+        }
         for (double s : scores) {
             if (!std::isfinite(s) || s < 0.0) return TOPV_STATUS_NUMERIC;
         }
@@ -681,7 +801,7 @@ int32_t run(const inputs & in_raw, std::vector<int32_t> & kept, std::vector<doub
         }
         case TOPV_METHOD_DIVPRUNE: {
             cosine cs(in, source_sq);
-            divprune(in, cs, kept, scores);
+            cs.divprune(in.n_keep, kept, scores);
             return TOPV_STATUS_OK;
         }
         default:

@@ -166,8 +166,42 @@ static void test_selection(void) {
     }
 }
 
+/* more tokens than one row block (144): the kernel stored whole, for some row blocks only, or recomputed,
+ * and any thread count, give the same bits for every method (DivPrune's lazy greedy included) */
+enum { W2 = 30, H2 = 20, N2 = W2 * H2, D2 = 24 };
+
+static void test_partial_storage(void) {
+    static float s2[N2 * D2], t2[N2 * D2];
+    static int32_t x2[N2], y2[N2], kept[N2], kept2[N2];
+    static double scores[N2], scores2[N2];
+    for (int i = 0; i < N2 * D2; ++i) {
+        s2[i] = (float) rand() / RAND_MAX - 0.5f;
+        t2[i] = s2[i] + 0.3f * ((float) rand() / RAND_MAX - 0.5f);
+    }
+    for (int i = 0; i < N2; ++i) {
+        x2[i] = i % W2;
+        y2[i] = i / W2;
+    }
+    const size_t block = (size_t) 144 * N2 * 8; /* a row block of float K' and float scaled F */
+    const size_t budgets[] = {0, block, 2 * block + 5, (size_t) N2 * N2 * 4 - 1, SIZE_MAX};
+    for (int method = 0; method < TOPV_METHOD_COUNT; ++method) {
+        struct topv_params p = topv_default_params();
+        p.method = method;
+        p.n_threads = 1;
+        EXPECT(topv_select(s2, t2, N2, D2, x2, y2, W2, H2, 150, p, kept, scores) == TOPV_STATUS_OK);
+        for (size_t b = 0; b < sizeof(budgets) / sizeof(budgets[0]); ++b) {
+            p.max_scratch_bytes = budgets[b];
+            p.n_threads = 1 + (int32_t) (b % 3);
+            EXPECT(topv_select(s2, t2, N2, D2, x2, y2, W2, H2, 150, p, kept2, scores2) == TOPV_STATUS_OK);
+            EXPECT(memcmp(kept, kept2, sizeof(int32_t) * 150) == 0);
+            EXPECT(memcmp(scores, scores2, sizeof(double) * N2) == 0);
+        }
+    }
+}
+
 int main(void) {
     make_inputs(1234);
+    test_partial_storage();
     test_argument_checks();
     test_selection();
     test_method_names();
