@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build llama.cpp with the TopV patches: the shared libraries llama-cpp-python loads (libllama, libggml*,
-# libmtmd) plus llama-mtmd-cli and llama-server, into a cache directory per llama.cpp commit. Prints that
+# libmtmd, libggml-rpc) plus llama-mtmd-cli, llama-server and ggml-rpc-server (llama.cpp's rpc-server: lends this
+# machine's devices to a model loaded elsewhere with --rpc), into a cache directory per llama.cpp commit. Prints that
 # directory. Re-running with nothing changed does nothing; a change to patches/ or native/ rebuilds
 # incrementally (only the files whose patched content changed are rewritten, so ninja recompiles just those).
 #
@@ -14,7 +15,7 @@
 # --backend defaults to TOPV_EDGE_BACKEND, else what the machine has: metal on macOS, cuda when nvidia-smi
 # lists a GPU, vulkan when vulkaninfo shows a real (not CPU) GPU and glslc is installed, else cpu.
 # Environment: TOPV_EDGE_LLAMA_DIR (install directory; default below), TOPV_EDGE_BACKEND, CMAKE_ARGS, JOBS,
-# TARGETS (the CMake targets; default: the libraries, llama-mtmd-cli, llama-server, llama-quantize).
+# TARGETS (the CMake targets; default: the libraries, llama-mtmd-cli, llama-server, llama-quantize, ggml-rpc-server).
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -92,7 +93,8 @@ exec 9>"$prefix/.build.lock"
 flock 9
 
 stamp="$prefix/.built"
-want="commit=$LLAMA_CPP_COMMIT patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}${TARGETS:+ targets=$TARGETS}"
+# rpc=on: caches built before the RPC backend was configured rebuild once to get it
+want="commit=$LLAMA_CPP_COMMIT rpc=on patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}${TARGETS:+ targets=$TARGETS}"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     echo "patched llama.cpp is up to date" >&2
     echo "$prefix"
@@ -121,9 +123,10 @@ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_COMMON=ON \
     -DMTMD_TOPV_NATIVE_DIR="$repo/native" \
+    -DGGML_RPC=ON \
     "${backend_args[@]}" ${CMAKE_ARGS:-} >&2
 # TARGETS: what to build (the sanitizer build skips llama-quantize, which no test runs under it)
-read -r -a targets <<< "${TARGETS:-llama mtmd llama-mtmd-cli llama-server llama-quantize}"
+read -r -a targets <<< "${TARGETS:-llama mtmd llama-mtmd-cli llama-server llama-quantize ggml-rpc-server}"
 cmake --build "$build" --target "${targets[@]}" -j "${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu)}" >&2
 
 mkdir -p "$prefix/lib" "$prefix/bin"

@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     chat = VisionChat(args.model, args.mmproj, topv=options, n_ctx=args.ctx, threads=args.threads, seed=args.seed,
                       temp=args.temp, max_tokens=256 if args.max_tokens is None else args.max_tokens,
                       verbose=args.verbose, progress=_progress, n_gpu_layers=args.ngl,
-                      mmproj_offload=not args.no_mmproj_offload)
+                      mmproj_offload=not args.no_mmproj_offload, rpc_servers=args.rpc)
     with chat:
         session = _Session(chat, args.json)
         if args.prompt is not None:

@@ -15,11 +15,13 @@ from .errors import ChatError, OptionError
 from .options import (DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, MAX_THREADS, TopVOptions, check_layer,
                       check_overview_weight, check_threads, default_method)
 from .pruning import METHODS, PARAM_NAMES, check_keep
+from .session.model import check_rpc_servers
 
 # the library's parameter names -> the flags that set them
 FLAGS: dict[str, str] = {"keep": "--keep", "layer": "--layer", "method": "--method", "params": "--topv",
                          "overview_weight": "--overview-weight", "threads": "--threads", "n_ctx": "--ctx",
-                         "temp": "--temp", "max_tokens": "--max-tokens", "n_gpu_layers": "--ngl"}
+                         "temp": "--temp", "max_tokens": "--max-tokens", "n_gpu_layers": "--ngl",
+                         "rpc_servers": "--rpc"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,6 +67,7 @@ keep_arg = _checked(check_keep, _keep_number, "a ratio (0.25), a percentage (25%
 layer_arg = _checked(check_layer, int, "a whole number")
 threads_arg = _checked(check_threads, int, "a whole number")
 overview_weight_arg = _checked(check_overview_weight, float, "a number")
+rpc_servers_arg = _checked(check_rpc_servers, lambda t: t.split(","), "a list of HOST:PORT")
 nonnegative_int = _checked(_at_least(0, int), int, "a whole number")
 positive_int = _checked(_at_least(1, int), int, "a whole number")
 
@@ -114,6 +117,9 @@ def add_device_flags(g: Any) -> None:
                         "runs everything on the CPU)")
     g.add_argument("--no-mmproj-offload", action="store_true",
                    help="run the image encoder on the CPU (default: on the GPU when the build has one)")
+    g.add_argument("--rpc", metavar="HOST:PORT[,...]", type=rpc_servers_arg, default=None,
+                   help="llama.cpp rpc-server(s) on other machines that take text-model layers (--ngl) ahead of "
+                        "this machine's GPU, as llama.cpp's --rpc; the image encoder stays here")
 
 
 def pruning_options(args: argparse.Namespace, **overrides: Any) -> TopVOptions:

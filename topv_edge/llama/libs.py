@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import socket
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import LlamaBuildMissing
+from ..errors import ChatError, LlamaBuildMissing
 from ..pruning.native import TopVParams
 from .build import build_backend, build_dir, stale_build_message
 
@@ -73,6 +74,9 @@ class MtmdTopvStats(ctypes.Structure):
 
 
 
+GGML_BACKEND_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type
+GGML_BACKEND_DEVICE_TYPE_IGPU = 2
+
 MTMD_TOPV_PRUNED = 0
 MTMD_TOPV_DISABLED = 1
 MTMD_TOPV_KEEP_ALL = 2
@@ -87,7 +91,7 @@ GGML_LOG_LEVEL_ERROR = 4
 GGML_LOG_LEVEL_CONT = 5   # continues the previous message
 
 
-@dataclass
+@dataclass(eq=False)  # captures nest: LlamaLog.capture removes its own recorder, not an equal one
 class LogRecorder:
     """The log lines (level, text) llama.cpp wrote while one call ran."""
 
@@ -149,33 +153,102 @@ class LlamaLibs:
     log: LlamaLog
     directory: Path
     _callback: object  # keeps the ctypes log callback alive
+    _ggml_lib: ctypes.CDLL | None = None
+    _rpc: dict[str, list[int]] = field(default_factory=dict)  # endpoint -> its registered devices (process-wide)
 
     @property
     def backend(self) -> str:
         """The backend this build was made for (cpu, vulkan, cuda, metal)."""
         return build_backend(self.directory)
 
+    def _ggml(self) -> ctypes.CDLL | None:
+        """libggml (already loaded by libllama: the same handle) with its device functions typed; None without it."""
+        if self._ggml_lib is None:
+            libs = [p for p in (self.directory / "lib").iterdir() if p.name.split(".")[0] in ("libggml", "ggml")]
+            if not libs:
+                return None
+            g = ctypes.CDLL(str(libs[0]))
+            vp = ctypes.c_void_p
+            for fn, args, res in (("ggml_backend_dev_count", [], ctypes.c_size_t),
+                                  ("ggml_backend_dev_get", [ctypes.c_size_t], vp),
+                                  ("ggml_backend_dev_name", [vp], ctypes.c_char_p),
+                                  ("ggml_backend_dev_description", [vp], ctypes.c_char_p),
+                                  ("ggml_backend_dev_type", [vp], ctypes.c_int),
+                                  ("ggml_backend_dev_backend_reg", [vp], vp),
+                                  ("ggml_backend_reg_name", [vp], ctypes.c_char_p),
+                                  ("ggml_backend_reg_by_name", [ctypes.c_char_p], vp),
+                                  ("ggml_backend_reg_get_proc_address", [vp, ctypes.c_char_p], vp),
+                                  ("ggml_backend_reg_dev_count", [vp], ctypes.c_size_t),
+                                  ("ggml_backend_reg_dev_get", [vp, ctypes.c_size_t], vp),
+                                  ("ggml_backend_register", [vp], None)):
+                getattr(g, fn).argtypes = args
+                getattr(g, fn).restype = res
+            self._ggml_lib = g
+        return self._ggml_lib
+
+    def _local_devices(self, types: tuple[int, ...]) -> list[int]:
+        """The devices of these types, in registry order, that are not RPC servers' (the machine's own)."""
+        g = self._ggml()
+        if g is None:
+            return []
+        devs = [g.ggml_backend_dev_get(i) for i in range(g.ggml_backend_dev_count())]
+        return [d for d in devs if g.ggml_backend_dev_type(d) in types
+                and g.ggml_backend_reg_name(g.ggml_backend_dev_backend_reg(d)) != b"RPC"]
+
     def gpu_devices(self) -> list[str]:
         """The GPU devices ggml sees in this build ("Vulkan0: llvmpipe (LLVM 15.0.6, 256 bits)"); [] when none
-        (a CPU build, or no usable device: llama.cpp then runs everything on the CPU)."""
-        libs = [p for p in (self.directory / "lib").iterdir() if p.name.split(".")[0] in ("libggml", "ggml")]
-        if not libs:
-            return []
-        g = ctypes.CDLL(str(libs[0]))  # already loaded by libllama: the same handle
-        g.ggml_backend_dev_count.restype = ctypes.c_size_t
-        g.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        g.ggml_backend_dev_get.restype = ctypes.c_void_p
-        for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-            getattr(g, fn).argtypes = [ctypes.c_void_p]
-            getattr(g, fn).restype = ctypes.c_char_p
-        g.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        g.ggml_backend_dev_type.restype = ctypes.c_int
-        out = []
-        for i in range(g.ggml_backend_dev_count()):
-            dev = g.ggml_backend_dev_get(i)
-            if g.ggml_backend_dev_type(dev) in (1, 2):  # GGML_BACKEND_DEVICE_TYPE_GPU, _IGPU
-                out.append(f"{g.ggml_backend_dev_name(dev).decode()}: {g.ggml_backend_dev_description(dev).decode()}")
-        return out
+        (a CPU build, or no usable device: llama.cpp then runs everything on the CPU). RPC servers' devices are
+        not this machine's GPUs and are not listed."""
+        g = self._ggml()
+        return [f"{g.ggml_backend_dev_name(d).decode()}: {g.ggml_backend_dev_description(d).decode()}"
+                for d in self._local_devices((GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU))]
+
+    def local_gpu_handles(self) -> list[int]:
+        """The machine's GPUs as llama.cpp picks them by default: the discrete ones, else the integrated ones of
+        the first backend that has any (one GPU backend per build here, so no de-duplication by device id)."""
+        gpus = self._local_devices((GGML_BACKEND_DEVICE_TYPE_GPU,))
+        if gpus:
+            return gpus
+        igpus = self._local_devices((GGML_BACKEND_DEVICE_TYPE_IGPU,))
+        g = self._ggml()
+        return [d for d in igpus if g.ggml_backend_dev_backend_reg(d) == g.ggml_backend_dev_backend_reg(igpus[0])]
+
+    @property
+    def supports_rpc(self) -> bool:
+        """True when this build has ggml's RPC backend (GGML_RPC=ON: scripts/build_llama_cpp.sh builds it)."""
+        g = self._ggml()
+        return g is not None and bool(g.ggml_backend_reg_by_name(b"RPC"))
+
+    @property
+    def rpc_in_use(self) -> bool:
+        """True once an RPC server's devices are registered in this process (llama.cpp would then offload to them
+        by default, so a model that should not use them must name its devices)."""
+        return bool(self._rpc)
+
+    def rpc_add_server(self, endpoint: str) -> list[int]:
+        """Register an RPC server's devices with ggml, as llama.cpp's --rpc does (common/arg.cpp add_rpc_devices),
+        once per process and endpoint; returns the device handles.
+
+        ggml aborts the process when it cannot connect, so the server is reached here first."""
+        if endpoint in self._rpc:
+            return self._rpc[endpoint]
+        g = self._ggml()
+        reg = g.ggml_backend_reg_by_name(b"RPC") if g is not None else None
+        if not reg:
+            raise ChatError(f"the llama.cpp build in {self.directory} has no RPC backend; rebuild it with "
+                            "scripts/build_llama_cpp.sh (it configures -DGGML_RPC=ON)")
+        fn = g.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server")
+        if not fn:
+            raise ChatError("the RPC backend of this llama.cpp build lacks ggml_backend_rpc_add_server")
+        check_rpc_reachable(endpoint)
+        add_server = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(fn)
+        server_reg = add_server(endpoint.encode())
+        if not server_reg:
+            raise ChatError(f"the RPC server {endpoint} offers no devices")
+        g.ggml_backend_register(server_reg)
+        self._rpc[endpoint] = [g.ggml_backend_reg_dev_get(server_reg, i)
+                               for i in range(g.ggml_backend_reg_dev_count(server_reg))]
+        return self._rpc[endpoint]
 
     def topv_default_params(self) -> MtmdTopvParams:
         return self.mtmd_cpp._libmtmd.mtmd_topv_default_params()
@@ -256,6 +329,22 @@ class LlamaLibs:
         st = self.topv_stats(mctx)
         ptr = self.mtmd_cpp._libmtmd.mtmd_topv_get_features(mctx, target)
         return np.ctypeslib.as_array(ptr, (st.n_grid or st.n_tokens, st.n_embd)).copy() if ptr else None
+
+
+RPC_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_rpc_reachable(endpoint: str) -> None:
+    """A ChatError unless something accepts TCP connections at HOST:PORT (ggml's RPC client aborts instead).
+
+    rpc-server serves one client at a time; this connection is closed at once, so it only waits in its queue."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=RPC_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise ChatError(f"cannot reach the RPC server {endpoint}: {e.strerror or e} (is rpc-server running there, "
+                        f"started with -H so it listens beyond its own machine?)") from None
 
 
 def _bind(lib: ctypes.CDLL, name: str, argtypes: list, restype: object) -> None:

@@ -25,7 +25,7 @@ from ..llama import libs as llama_libs
 from ..llama.stage import ImageReport, configure_topv, decode_image
 from ..options import TopVOptions, check_threads
 from .files import check_gguf, find_mmproj, read_image
-from .model import ModelPair
+from .model import ModelPair, check_rpc_servers
 from .plan import ChunkPlan, PromptPlan
 from .reports import TurnReport
 from .sampling import make_sampler, token_bytes, token_text
@@ -48,7 +48,7 @@ class VisionChat:
                  topv: TopVOptions | None = None, n_ctx: int | None = None, threads: int | None = None,
                  seed: int = 0, temp: float = 0.0, max_tokens: int = 256, verbose: bool = False,
                  progress: Callable[[str], None] | None = None, n_gpu_layers: int | None = None,
-                 mmproj_offload: bool = True) -> None:
+                 mmproj_offload: bool = True, rpc_servers: list[str] | None = None) -> None:
         self.model_path = check_gguf(model_path, "model")
         self.mmproj_path = check_gguf(mmproj_path, "mmproj") if mmproj_path else find_mmproj(self.model_path)
         self.topv = topv or TopVOptions()
@@ -63,6 +63,7 @@ class VisionChat:
         if n_gpu_layers is not None and (isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int)
                                          or n_gpu_layers < 0):
             raise OptionError("n_gpu_layers", f"must be a whole number >= 0 (layers on the GPU), got {n_gpu_layers!r}")
+        self.rpc_servers = check_rpc_servers(rpc_servers)  # HOST:PORT of llama.cpp's rpc-server (--rpc)
         self.requested_ctx = n_ctx
         self.threads = check_threads(threads)
         self.n_gpu_layers = n_gpu_layers
@@ -81,9 +82,11 @@ class VisionChat:
         self.llama = self._lib.llama_cpp
         self.mtmd = self._lib.mtmd_cpp
         try:
+            # registered before the model loads, so llama.cpp can put layers (n_gpu_layers) on the servers
+            rpc_devices = [d for server in self.rpc_servers for d in self._lib.rpc_add_server(server)]
             self._pair = ModelPair(self._lib, self.model_path, self.mmproj_path, threads=self.threads,
                                    n_gpu_layers=n_gpu_layers, mmproj_offload=self.mmproj_offload,
-                                   progress=self.progress)
+                                   progress=self.progress, rpc_devices=rpc_devices)
             self.set_topv(self.topv)
         except BaseException:
             self.close()
@@ -264,13 +267,14 @@ class VisionChat:
 
     def devices(self) -> dict[str, Any]:
         """Where the model runs: the llama.cpp build's backend, its GPU (None when nothing runs on one), the text
-        model's layers on it out of all (llama.cpp counts the output layer as one) and whether the encoder does."""
+        model's layers on it out of all (llama.cpp counts the output layer as one), whether the encoder does, and
+        the RPC servers (HOST:PORT) that take layers ahead of the GPU."""
         gpus = self._lib.gpu_devices()
         n = self.n_layer + 1
         gpu_layers = 0 if not gpus else (n if self.n_gpu_layers is None else min(self.n_gpu_layers, n))
         on_gpu = bool(gpus) and (gpu_layers > 0 or self.mmproj_offload)
         return {"build": self._lib.backend, "gpu": gpus[0] if on_gpu else None, "gpu_layers": gpu_layers,
-                "layers": n, "encoder_on_gpu": bool(gpus) and self.mmproj_offload}
+                "layers": n, "encoder_on_gpu": bool(gpus) and self.mmproj_offload, "rpc": list(self.rpc_servers)}
 
     def kv_cell_positions(self) -> np.ndarray:
         """The positions of the KV cells sequence 0 holds, read back from llama.cpp (ascending)."""

@@ -5,36 +5,68 @@ from __future__ import annotations
 import contextlib
 import ctypes
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from ..errors import ChatError, explain_llama_error
+from ..errors import ChatError, OptionError, explain_llama_error
 from ..llama import libs as llama_libs
 from .files import gguf_architecture
 from .templates import LLAVA15_TEMPLATE, compile_chat_template
 
 
+def check_rpc_servers(servers: Sequence[str] | None) -> list[str]:
+    """RPC servers as llama.cpp's --rpc takes them: HOST:PORT each (ggml splits at the first ':', so no IPv6
+    addresses), no repeats; [] for None."""
+    if servers is None:
+        return []
+    if isinstance(servers, str) or not all(isinstance(s, str) for s in servers):
+        raise OptionError("rpc_servers", f"must be a list of 'HOST:PORT' strings, got {servers!r}")
+    out = [s.strip() for s in servers]
+    for s in out:
+        host, sep, port = s.partition(":")
+        if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise OptionError("rpc_servers", f"expects HOST:PORT with a port from 1 to 65535, got {s!r}")
+    if len(set(out)) != len(out):
+        raise OptionError("rpc_servers", f"names a server twice: {','.join(out)}")
+    return out
+
+
+def _device_list(devices: list[int]) -> Any:
+    """A NULL-terminated ggml_backend_dev_t array, as llama_model_params.devices wants."""
+    return (ctypes.c_void_p * (len(devices) + 1))(*devices, None)
+
+
 class ModelPair:
     """The loaded model (`model`, `vocab`, `n_layer`), the mtmd context of its mmproj (`mctx`), the chat template
-    and the media marker. Frees both on close()."""
+    and the media marker. Frees both on close().
+
+    `rpc_devices`: RPC servers' devices (LlamaLibs.rpc_add_server) that take text-model layers ahead of the machine's
+    GPUs, as llama.cpp orders them; the encoder stays on this machine."""
 
     def __init__(self, libs: llama_libs.LlamaLibs, model_path: Path, mmproj_path: Path, *, threads: int,
-                 n_gpu_layers: int | None, mmproj_offload: bool, progress: Callable[[str], None]) -> None:
+                 n_gpu_layers: int | None, mmproj_offload: bool, progress: Callable[[str], None],
+                 rpc_devices: Sequence[int] = ()) -> None:
         self.libs = libs
         self.model_path, self.mmproj_path = model_path, mmproj_path
         self._stack = contextlib.ExitStack()
         try:
-            self._load(threads, n_gpu_layers, mmproj_offload, progress)
+            self._load(threads, n_gpu_layers, mmproj_offload, progress, list(rpc_devices))
         except BaseException:
             self.close()
             raise
 
     def _load(self, threads: int, n_gpu_layers: int | None, mmproj_offload: bool,
-              progress: Callable[[str], None]) -> None:
+              progress: Callable[[str], None], rpc_devices: list[int]) -> None:
         L, M, log = self.libs.llama_cpp, self.libs.mtmd_cpp, self.libs.log
         progress(f"loading {self.model_path.name} and {self.mmproj_path.name}...")
         mparams = L.llama_model_default_params()
         if n_gpu_layers is not None:
             mparams.n_gpu_layers = n_gpu_layers
+        # once any RPC server is registered (process-wide), llama.cpp's default would offload to all of them:
+        # name this pair's devices (its servers first, then the machine's GPUs, llama.cpp's order)
+        local_gpus = self.libs.local_gpu_handles() if self.libs.rpc_in_use else []
+        devices = _device_list(rpc_devices + local_gpus)
+        if self.libs.rpc_in_use:
+            mparams.devices = ctypes.addressof(devices)
         with log.capture() as rec:
             self.model = L.llama_model_load_from_file(str(self.model_path).encode(), mparams)
         if not self.model:
@@ -47,6 +79,9 @@ class ModelPair:
 
         cparams = M.mtmd_context_params_default()
         cparams.use_gpu = mmproj_offload
+        if self.libs.rpc_in_use:  # clip takes the first GPU-type device, which may be a server's: take a local one
+            cparams.use_gpu = mmproj_offload and bool(local_gpus)
+            cparams.device = local_gpus[0] if cparams.use_gpu else None
         cparams.print_timings = False
         cparams.n_threads = threads
         cparams.warmup = False
