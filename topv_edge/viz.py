@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import Parser, add_pruning_flags, pruning_options, run_command, threads_arg
+from .cli import Parser, add_device_flags, add_pruning_flags, pruning_options, run_command
 from .errors import ChatError
 from .session import VisionChat
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heatmap", type=Path, help="where to write the score heat map (default <out>-scores.png)")
     ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
     add_pruning_flags(ap)
-    ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
+    add_device_flags(ap)
     args = ap.parse_intermixed_args(argv)
     return run_command(lambda: _run(args))
 
@@ -162,7 +162,8 @@ def _run(args: argparse.Namespace) -> int:
     check_output(args.out, "-o")
     check_output(heatmap, "--heatmap")
     options = pruning_options(args)
-    with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1) as chat:
+    with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1, n_gpu_layers=args.ngl,
+                    flash_attn=args.flash_attn, mmproj_offload=not args.no_mmproj_offload) as chat:
         reports, _, _ = chat.add_user_message("Describe the picture.", [args.image])
         if len(reports) != 1:  # the kept cells of tiles cut from a resized copy: not drawn on the picture yet
             raise ChatError(f"this model made {len(reports)} image chunks of the picture (an overview and "
