@@ -328,7 +328,8 @@ def _files(args: argparse.Namespace) -> None:
     elif args.hf_repo:
         from .hub import download
 
-        model, mmproj = download(args.hf_repo, args.hf_file, args.hf_token, want_mmproj=args.mmproj is None)
+        model, mmproj = download(args.hf_repo, args.hf_file, args.hf_token, want_mmproj=args.mmproj is None,
+                                 note=lambda msg: print(msg, file=sys.stderr))
         if args.mmproj is None and mmproj is None:
             raise ChatError(f"{args.hf_repo.partition(':')[0]} has no *mmproj*.gguf (the vision projector): give one "
                             "with --mmproj")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 from .errors import ChatError
 
@@ -102,9 +103,10 @@ def _hub():
     return huggingface_hub
 
 
-def download(repo_tag: str, hf_file: str | None = None, token: str | None = None,
-             want_mmproj: bool = True) -> tuple[Path, Path | None]:
-    """(model, mmproj or None) in the Hub cache, downloaded unless already there."""
+def download(repo_tag: str, hf_file: str | None = None, token: str | None = None, want_mmproj: bool = True,
+             note: Callable[[str], None] = lambda msg: None) -> tuple[Path, Path | None]:
+    """(model, mmproj or None) in the Hub cache, downloaded unless already there; `note` hears which files (the
+    Hub's own progress bars show on a terminal)."""
     hub = _hub()
     repo, quant = split_repo(repo_tag)
     try:
@@ -119,6 +121,7 @@ def download(repo_tag: str, hf_file: str | None = None, token: str | None = None
                 raise ChatError(f"{repo} has no GGUF model{f' of quant {quant}' if quant else ''}; its GGUF files: "
                                 f"{_ggufs(files)} (-hf {repo}:QUANT or --hf-file FILE chooses one)")
         mmproj = choose_mmproj(files, model) if want_mmproj else None
+        note(f"-hf {repo}: {model}" + (f" and {mmproj}" if mmproj else ""))
         paths = [hub.hf_hub_download(repo, f, token=token) for f in model_parts(files, model)]
         mmproj_path = hub.hf_hub_download(repo, mmproj, token=token) if mmproj else None
     except ChatError:
