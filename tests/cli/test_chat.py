@@ -68,9 +68,9 @@ def test_repl_through_stdin(models_dir, picture, libs):
     script = f"/stats\n{QUESTION}\n/stats\n/image {picture}\nAnd now?\n/reset\nHello\n/quit\n"
     r = chat(str(models_dir / "llava-tiny.gguf"), str(picture), "--max-tokens", "4", "--json", stdin=script)
     assert r.returncode == 0, r.stderr
-    reports = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    reports = [json.loads(line) for line in r.stdout.splitlines()]  # --json: stdout holds nothing else
     assert [len(rep["images"]) for rep in reports] == [1, 1, 0]
-    assert "no turn yet" in r.stdout and "KV cells" in r.stdout
+    assert "no turn yet" in r.stderr and "KV cells" in r.stderr
     assert "conversation cleared" in r.stderr
     assert reports[1]["kv_cells"] > reports[0]["kv_cells"]  # the second turn adds to the same cache
     assert reports[2]["kv_cells"] < reports[1]["kv_cells"]  # after /reset
