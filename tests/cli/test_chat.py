@@ -165,3 +165,37 @@ def test_handler_load_errors_say_why(models_dir, libs):
             llm.create_chat_completion(messages=[{"role": "user", "content": "hi"}], max_tokens=1)
     finally:
         llm.close()
+
+
+def _mapped(pid: int, name: str) -> bool:
+    try:
+        return name in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("stage", ["numpy", "libllama"], ids=["importing", "loading"])
+def test_ctrl_c_at_start_up_exits_130_quietly(libs, stage):
+    """SIGINT while the modules import (numpy mapped, the model not yet) or while llama.cpp loads: exit 130, no
+    traceback. Each stage is waited for by what /proc shows, not by a sleep."""
+    import signal
+    import time
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc/PID/maps to see the start-up stage")
+    proc = subprocess.Popen([sys.executable, "-m", "topv_edge.chat", "--demo", "-p", "How many shapes are there?"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    try:
+        deadline = time.monotonic() + 120
+        while not _mapped(proc.pid, stage) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, "the chat finished before the stage was seen"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
