@@ -23,7 +23,7 @@ when a later image needs more; --ctx fixes the context size instead.
 
 In the chat: /image PATH [PATH ...] adds pictures to your next message (quotes and ~
 work), /stats shows what the last turn cost, /reset forgets the conversation and its
-pictures, /quit (or Ctrl-D) leaves. Ctrl-C stops an answer; at the prompt, Ctrl-C
+pictures, /help lists the commands, /quit (or Ctrl-D) leaves. Ctrl-C stops an answer; at the prompt, Ctrl-C
 twice leaves. Line editing and history (~/.cache/topv-edge/history) come from readline.
 
 Exit codes: 0 done, 2 a problem with the input (the message says which), 1 a bug,
