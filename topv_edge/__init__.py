@@ -8,10 +8,10 @@ from typing import Any
 
 from .errors import ChatError, OptionError, TopVError
 from .llama.build import point_llama_cpp_at_build
-from .options import TopVOptions
-from .pruning import BACKENDS, PARAM_NAMES, default_params, keep_count, select
 
 point_llama_cpp_at_build()
+
+_PRUNING = ("BACKENDS", "METHODS", "PARAM_NAMES", "default_params", "keep_count", "select")
 
 __all__ = ["BACKENDS", "METHODS", "PARAM_NAMES", "ChatError", "OptionError", "TopVChatHandler", "TopVError",
            "TopVOptions", "VisionChat", "default_params", "keep_count", "select"]
@@ -19,12 +19,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # the C library's method table, and the llama.cpp side, load only when asked for: the pass works without a
-    # llama.cpp build, and importing the package needs neither
-    if name == "METHODS":
-        from .pruning import native
+    # loaded when first asked for: `python -m topv_edge.chat` starts without numpy (Ctrl-C then is quiet), and
+    # the llama.cpp side loads only when asked for: the pass works without a llama.cpp build
+    if name in _PRUNING:
+        from . import pruning
 
-        return native.METHODS
+        return getattr(pruning, name)
+    if name == "TopVOptions":
+        from .options import TopVOptions
+
+        return TopVOptions
     if name == "TopVChatHandler":
         from .handler import TopVChatHandler
 

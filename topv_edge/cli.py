@@ -11,9 +11,10 @@ import argparse
 import sys
 from typing import Any, Callable, Sequence
 
-from .errors import ChatError, OptionError
-from .options import (DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_OVERVIEW_WEIGHT, MAX_THREADS, TopVOptions, check_layer,
-                      check_overview_weight, check_threads, default_method)
+from .errors import ChatError, ContextWarning, OptionError
+from .options import (DEFAULT_KEEP, DEFAULT_LAYER, DEFAULT_MIN_P, DEFAULT_OVERVIEW_WEIGHT, DEFAULT_TOP_K, DEFAULT_TOP_P,
+                      MAX_THREADS, TopVOptions, check_flash_attn, check_layer, check_min_p, check_overview_weight,
+                      check_threads, check_top_k, check_top_p, default_method)
 from .pruning import METHODS, PARAM_NAMES, check_keep
 from .session.model import check_rpc_servers
 
@@ -21,6 +22,7 @@ from .session.model import check_rpc_servers
 FLAGS: dict[str, str] = {"keep": "--keep", "layer": "--layer", "method": "--method", "params": "--topv",
                          "overview_weight": "--overview-weight", "threads": "--threads", "n_ctx": "--ctx",
                          "temp": "--temp", "max_tokens": "--max-tokens", "n_gpu_layers": "--ngl",
+                         "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p", "flash_attn": "--flash-attn",
                          "rpc_servers": "--rpc"}
 
 
@@ -68,6 +70,9 @@ layer_arg = _checked(check_layer, int, "a whole number")
 threads_arg = _checked(check_threads, int, "a whole number")
 overview_weight_arg = _checked(check_overview_weight, float, "a number")
 rpc_servers_arg = _checked(check_rpc_servers, lambda t: t.split(","), "a list of HOST:PORT")
+top_k_arg = _checked(check_top_k, int, "a whole number")
+top_p_arg = _checked(check_top_p, float, "a number")
+min_p_arg = _checked(check_min_p, float, "a number")
 nonnegative_int = _checked(_at_least(0, int), int, "a whole number")
 positive_int = _checked(_at_least(1, int), int, "a whole number")
 
@@ -110,16 +115,44 @@ def add_pruning_flags(g: Any, *, many: bool = False) -> None:
                    help=f"a pass parameter ({', '.join(PARAM_NAMES)}), e.g. --topv recover=0.5")
 
 
+def _flash_attn_word(text: str) -> str:
+    """-fa's value as given (checked by the library's rule: on, off or auto)."""
+    try:
+        check_flash_attn(text)
+    except OptionError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
+    return text
+
+
 def add_device_flags(g: Any) -> None:
-    g.add_argument("--threads", type=threads_arg, default=None, help=f"CPU threads, 1..{MAX_THREADS} (default: all cores)")
-    g.add_argument("--ngl", type=nonnegative_int, default=None,
+    """--threads, --ngl, --flash-attn, --no-mmproj-offload, with llama.cpp's names too (-t, -ngl, -fa)."""
+    g.add_argument("-t", "--threads", type=threads_arg, default=None,
+                   help=f"CPU threads, 1..{MAX_THREADS} (default: all cores)")
+    g.add_argument("-ngl", "--ngl", "--n-gpu-layers", "--gpu-layers", dest="ngl", type=nonnegative_int, default=None,
                    help="text-model layers on the GPU, as llama.cpp's -ngl (default: all of them; the CPU build "
                         "runs everything on the CPU)")
+    g.add_argument("-fa", "--flash-attn", type=_flash_attn_word, default="auto", metavar="on|off|auto",
+                   help="flash attention, as llama.cpp's -fa (default auto: on where the backend supports it); "
+                        "pruning works with either")
     g.add_argument("--no-mmproj-offload", action="store_true",
                    help="run the image encoder on the CPU (default: on the GPU when the build has one)")
     g.add_argument("--rpc", metavar="HOST:PORT[,...]", type=rpc_servers_arg, default=None,
                    help="llama.cpp rpc-server(s) on other machines that take text-model layers (--ngl) ahead of "
                         "this machine's GPU, as llama.cpp's --rpc; the image encoder stays here")
+
+
+def add_sampling_flags(g: Any) -> None:
+    """--temp, --top-k, --top-p, --min-p and --seed, as llama.cpp's (the filters apply at --temp > 0)."""
+    g.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
+    g.add_argument("--top-k", type=top_k_arg, default=DEFAULT_TOP_K,
+                   help=f"at --temp > 0, sample among the K likeliest tokens; 0 = off (default {DEFAULT_TOP_K})")
+    g.add_argument("--top-p", type=top_p_arg, default=DEFAULT_TOP_P,
+                   help="at --temp > 0, among the likeliest tokens whose probabilities sum to P; 1 = off "
+                        f"(default {DEFAULT_TOP_P})")
+    g.add_argument("--min-p", type=min_p_arg, default=DEFAULT_MIN_P,
+                   help="at --temp > 0, drop tokens less likely than P times the likeliest; 0 = off "
+                        f"(default {DEFAULT_MIN_P})")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
 
 def pruning_options(args: argparse.Namespace, **overrides: Any) -> TopVOptions:
@@ -130,15 +163,24 @@ def pruning_options(args: argparse.Namespace, **overrides: Any) -> TopVOptions:
     return TopVOptions(**{**fields, **overrides})
 
 
-def in_flag_terms(e: ChatError) -> str:
+def in_flag_terms(e: ChatError | ContextWarning) -> str:
     """The library's message with the flag in place of the parameter's name."""
-    if isinstance(e, OptionError) and e.name in FLAGS:
+    if isinstance(e, (OptionError, ContextWarning)) and e.name in FLAGS:
         return str(e.with_name(FLAGS[e.name]))
     return str(e)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's warnings as one line on stderr, in the flags' terms (no file and line of source)."""
+    text = in_flag_terms(message) if isinstance(message, ContextWarning) else str(message)
+    print(f"warning: {text}", file=sys.stderr)
+
+
 def run_command(command: Callable[[], int], cleanup: Callable[[], None] = lambda: None) -> int:
     """Run a command line's body: a ChatError is one line on stderr and exit code 2; Ctrl-C is 130."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         return command()
     except ChatError as e:

@@ -32,6 +32,19 @@ class OptionError(ChatError, ValueError):
         return type(self)(name, self.problem)
 
 
+class ContextWarning(UserWarning):
+    """A context larger than the model was trained for (as llama.cpp warns), worded like OptionError: `name` is the
+    parameter ("n_ctx"), and the command lines say their flag instead (`with_name("--ctx")`)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.name = name
+        self.problem = problem
+
+    def with_name(self, name: str) -> "ContextWarning":
+        return type(self)(name, self.problem)
+
+
 class OptionTypeError(OptionError, TypeError):
     """An option of the wrong type (a bool or a string where a number belongs)."""
 

@@ -118,7 +118,7 @@ def check_out(path: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="python -m topv_edge.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("-m", "--model", required=True, help="the text model (.gguf)")
     ap.add_argument("--mmproj")
     ap.add_argument("--data", required=True, type=Path, help="JSON lines: image, question, answer")
     add_pruning_flags(ap, many=True)
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--positions", default="original",
                     help="comma-separated: original (the product), renumbered (diagnostic, see above)")
     ap.add_argument("--limit", type=positive_int, help="only the first N questions")
-    ap.add_argument("--max-tokens", type=positive_int, default=8, help="longest answer in tokens (default 8)")
+    ap.add_argument("-n", "--max-tokens", "--n-predict", "--predict", dest="max_tokens", type=positive_int, default=8,
+                    help="longest answer in tokens (default 8)")
     add_device_flags(ap)
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     ap.add_argument("--out", type=Path, help="also write the results (JSON) here; its directory must exist")
@@ -150,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     show = (lambda i, n: print(f"\r  {i}/{n}", end="", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
     rows = []
     with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads,
-                    max_tokens=args.max_tokens, n_gpu_layers=args.ngl,
+                    max_tokens=args.max_tokens, n_gpu_layers=args.ngl, flash_attn=args.flash_attn,
                     mmproj_offload=not args.no_mmproj_offload) as chat:
         t0 = time.perf_counter()
         base = evaluate(chat, items, TopVOptions(enabled=False), show)

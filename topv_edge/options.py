@@ -59,6 +59,42 @@ def check_threads(threads: Any) -> int:
     return int(threads)
 
 
+# llama_flash_attn_type (llama.h) for llama.cpp's -fa words: on/enabled/true/1, off/disabled/false/0, auto/-1
+FLASH_ATTN_TYPES = {"auto": -1, "-1": -1, "on": 1, "enabled": 1, "true": 1, "1": 1,
+                    "off": 0, "disabled": 0, "false": 0, "0": 0}
+# llama.cpp's sampling defaults (common/common.h: common_params_sampling), used at temp > 0
+DEFAULT_TOP_K, DEFAULT_TOP_P, DEFAULT_MIN_P = 40, 0.95, 0.05
+
+
+def check_flash_attn(value: Any) -> int:
+    """'on', 'off' or 'auto' (and llama.cpp's other spellings) -> llama_flash_attn_type."""
+    key = str(value).strip().lower()
+    if key not in FLASH_ATTN_TYPES:
+        raise OptionError("flash_attn", f"must be on, off or auto, got {value!r}")
+    return FLASH_ATTN_TYPES[key]
+
+
+def check_top_k(k: Any) -> int:
+    """Sample from the k likeliest tokens; 0 turns the filter off (as llama.cpp)."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise OptionError("top_k", f"must be a whole number >= 0 (0: off), got {k!r}")
+    return int(k)
+
+
+def check_top_p(p: Any) -> float:
+    """Nucleus sampling: the likeliest tokens whose probabilities sum to p; 1 turns it off."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+        raise OptionError("top_p", f"must be in (0, 1] (1: off), got {p!r}")
+    return float(p)
+
+
+def check_min_p(p: Any) -> float:
+    """Drop tokens less likely than p times the likeliest; 0 turns it off."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+        raise OptionError("min_p", f"must be in [0, 1] (0: off), got {p!r}")
+    return float(p)
+
+
 @dataclass
 class TopVOptions:
     """How to prune: `keep` is a ratio in (0, 1] (a float) or a token count (an int); `layer` the probe layer
@@ -103,6 +139,11 @@ class TopVOptions:
         check_overview_weight(self.overview_weight)
         self.pass_params()
 
+    def resolved_params(self) -> dict[str, float | int]:
+        """Every pass parameter as the pass will use it: the C defaults with `params` applied."""
+        p = self.pass_params()
+        return {name: getattr(p, name) for name in PARAM_NAMES}
+
     def pass_params(self, threads: int = 0):
         """The pass's topv_params for these options (its checks of the method and the parameters)."""
         try:
@@ -115,5 +156,7 @@ class TopVOptions:
             raise OptionError("method", str(e).removeprefix("method ")) from None
 
 
-__all__ = ["DEFAULT_KEEP", "DEFAULT_LAYER", "DEFAULT_OVERVIEW_WEIGHT", "MAX_THREADS", "PARAM_NAMES", "TopVOptions",
-           "check_keep", "check_layer", "check_overview_weight", "check_threads", "default_method", "default_threads"]
+__all__ = ["DEFAULT_KEEP", "DEFAULT_LAYER", "DEFAULT_MIN_P", "DEFAULT_OVERVIEW_WEIGHT", "DEFAULT_TOP_K", "DEFAULT_TOP_P",
+           "FLASH_ATTN_TYPES", "MAX_THREADS", "PARAM_NAMES", "TopVOptions", "check_flash_attn", "check_keep",
+           "check_layer", "check_min_p", "check_overview_weight", "check_threads", "check_top_k", "check_top_p",
+           "default_method", "default_threads"]

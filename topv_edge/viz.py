@@ -1,5 +1,5 @@
 """See what TopV keeps: the picture with the kept patches highlighted and the pruned ones dimmed, beside a
-heat map of the TopV scores.
+heat map of the method's scores (for divprune: the order it picked the tokens in, the first highest).
 
   python -m topv_edge.viz MODEL.gguf IMAGE -o kept.png [--keep 0.25] [--layer L] [--method M] [--mmproj P]
 
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import Parser, add_pruning_flags, pruning_options, run_command, threads_arg
+from .cli import Parser, add_device_flags, add_pruning_flags, pruning_options, run_command
 from .errors import ChatError
 from .session import VisionChat
 
 MIN_SIDE = 512     # smaller pictures are enlarged to at least this (longer side)
 TITLE_PX = 28      # height of the title band
-BAR_PX = 70        # width of the colour bar panel of the heat map
+BAR_PX = 96        # width of the colour bar panel of the heat map
 
 
 def as_rgb(picture) -> np.ndarray:
@@ -66,10 +66,26 @@ def kept_overlay(picture, kept: np.ndarray, grid: tuple[int, int], dim: float = 
     xs = np.minimum((np.arange(w) * gw) // w, gw - 1)
     keep_px = cell[ys][:, xs]
     out = np.where(keep_px[..., None], rgb, rgb * dim + 255 * (1 - dim) * 0.15)
-    # a thin outline around kept cells
-    edge = keep_px & ~(np.roll(keep_px, 1, 0) & np.roll(keep_px, -1, 0) & np.roll(keep_px, 1, 1) & np.roll(keep_px, -1, 1))
-    out[edge] = (255, 200, 0)
+    # around kept regions a black line outside a white one: one of the two shows on any colour (a single yellow
+    # line vanished on yellow shapes)
+    inside = _erode(keep_px)
+    out[keep_px & ~inside] = (0, 0, 0)
+    out[inside & ~_erode(inside)] = (255, 255, 255)
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """The mask less its border pixels (4-neighbour erosion)."""
+    return mask & np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+
+
+# what a method's scores are, where they are not an importance: (title word, top label, bottom label)
+SCORE_MEANING = {"divprune": ("pick order (first picked highest, not picked 0)", "1st", "not picked")}
+
+
+def score_meaning(method: str) -> tuple[str, str, str]:
+    """The heat map's title word and the colour bar's two ends for `method`'s scores."""
+    return SCORE_MEANING.get(method, ("scores", "high", "low"))
 
 
 def colour_map(s: np.ndarray) -> np.ndarray:
@@ -90,8 +106,8 @@ def score_heatmap(scores: np.ndarray, grid: tuple[int, int], size: tuple[int, in
     return Image.fromarray(colour_map(s)).resize(size, Image.NEAREST)
 
 
-def with_colour_bar(heatmap, lo: float, hi: float):
-    """The heat map with a vertical colour bar on its right, labelled with the score range."""
+def with_colour_bar(heatmap, lo: float, hi: float, high: str = "high", low: str = "low"):
+    """The heat map with a vertical colour bar on its right, labelled with the score range and its two ends."""
     from PIL import Image, ImageDraw
 
     w, h = heatmap.size
@@ -103,8 +119,8 @@ def with_colour_bar(heatmap, lo: float, hi: float):
     d = ImageDraw.Draw(out)
     font = _font(11)
     d.text((w + 28, top - 2), f"{hi:.3g}", fill=(0, 0, 0), font=font)
-    d.text((w + 28, top + 12), "high", fill=(0, 0, 0), font=font)
-    d.text((w + 28, bottom - 26), "low", fill=(0, 0, 0), font=font)
+    d.text((w + 28, top + 12), high, fill=(0, 0, 0), font=font)
+    d.text((w + 28, bottom - 26), low, fill=(0, 0, 0), font=font)
     d.text((w + 28, bottom - 12), f"{lo:.3g}", fill=(0, 0, 0), font=font)
     return out
 
@@ -150,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heatmap", type=Path, help="where to write the score heat map (default <out>-scores.png)")
     ap.add_argument("--mmproj", help="the vision projector (.gguf); default: the *mmproj*.gguf next to the model")
     add_pruning_flags(ap)
-    ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all cores)")
+    add_device_flags(ap)
     args = ap.parse_intermixed_args(argv)
     return run_command(lambda: _run(args))
 
@@ -162,7 +178,8 @@ def _run(args: argparse.Namespace) -> int:
     check_output(args.out, "-o")
     check_output(heatmap, "--heatmap")
     options = pruning_options(args)
-    with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1) as chat:
+    with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1, n_gpu_layers=args.ngl,
+                    flash_attn=args.flash_attn, mmproj_offload=not args.no_mmproj_offload) as chat:
         reports, _, _ = chat.add_user_message("Describe the picture.", [args.image])
         if len(reports) != 1:  # the kept cells of tiles cut from a resized copy: not drawn on the picture yet
             raise ChatError(f"this model made {len(reports)} image chunks of the picture (an overview and "
@@ -180,15 +197,16 @@ def _run(args: argparse.Namespace) -> int:
     what = (f"{args.method}, keep {options.keep_label()}: {report.n_kept}/{report.n_tokens} tokens, "
             f"layer {args.layer}")
     view = titled(kept_overlay(picture, kept, grid, scale=scale), what)
-    heat = titled(with_colour_bar(score_heatmap(scores, grid, size), float(scores.min()), float(scores.max())),
-                  f"scores ({what})")
+    meaning, high, low = score_meaning(args.method)
+    heat = titled(with_colour_bar(score_heatmap(scores, grid, size), float(scores.min()), float(scores.max()),
+                                  high, low), f"{meaning} ({what})")
     try:
         view.save(args.out)
         heat.save(heatmap)
     except OSError as e:
         raise ChatError(f"could not write the pictures: {e}") from None
     print(f"{args.out}: {report.n_kept} of {report.n_tokens} tokens kept on a {grid[0]}x{grid[1]} grid"
-          f"{f' (shown {scale}x larger)' if scale > 1 else ''}; scores in {heatmap}")
+          f"{f' (shown {scale}x larger)' if scale > 1 else ''}; {meaning} in {heatmap}")
     return 0
 
 

@@ -18,6 +18,10 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 pytest.importorskip("readline")
+# generous waits: the test must pass on a loaded 2-core machine (llama.cpp building beside it); nothing sleeps a
+# fixed time, every step waits for what the terminal or /proc shows
+LONG = 300
+SHORT = 15
 
 
 class Terminal:
@@ -51,7 +55,7 @@ class Terminal:
             self.out += data.decode("utf-8", "replace")
             self.closed = not data
 
-    def expect(self, pattern: str, timeout: float = 90) -> str:
+    def expect(self, pattern: str, timeout: float = LONG) -> str:
         """Wait until `pattern` (a regex) appears after what was matched before; returns the text up to it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -64,16 +68,15 @@ class Terminal:
                 raise AssertionError(f"waited for {pattern!r}; the terminal shows:\n{self.out[-3000:]}")
             self._read(0.2)
 
-    def wait(self, timeout: float = 30) -> int:
+    def wait(self, timeout: float = LONG) -> int:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None and time.monotonic() < deadline:
             self._read(0.2)
         if self.proc.poll() is None:
-            self.proc.kill()
-            raise AssertionError(f"the chat did not exit; the terminal shows:\n{self.out[-3000:]}")
+            raise TimeoutError(f"the chat did not exit; the terminal shows:\n{self.out[-3000:]}")
         return self.proc.returncode
 
-    def wait_until_reading(self, timeout: float = 30) -> None:
+    def wait_until_reading(self, timeout: float = LONG) -> None:
         """Wait until the child sleeps in select() on the terminal (readline waiting for a key).
 
         CPython's input() loses a SIGINT that arrives after its last signal check and before readline's
@@ -92,6 +95,34 @@ class Terminal:
                 return
             self._read(0.02)
         raise AssertionError(f"the chat never waited for a key; the terminal shows:\n{self.out[-3000:]}")
+
+    def ctrl_c_at_prompt(self, pattern: str) -> None:
+        """Ctrl-C at the prompt, and wait for what it shows (`pattern`).
+
+        The key is sent once the child waits in select() (wait_until_reading). Should the SIGINT still be held
+        back (the window described there, wider when a loaded machine deschedules the child between its signal
+        check and select()), a left arrow, which edits nothing on an empty line, wakes readline so that the held
+        SIGINT is raised; it is never a second Ctrl-C, which would leave the chat."""
+        self.wait_until_reading()
+        self.write("\x03")
+        try:
+            self.expect(pattern, timeout=SHORT)
+            return
+        except AssertionError:
+            if self.closed:
+                raise
+        self.write("\x1b[D")
+        self.expect(pattern)
+
+    def ctrl_c_to_leave(self) -> int:
+        """The second Ctrl-C at the prompt, as ctrl_c_at_prompt; returns the exit code."""
+        self.wait_until_reading()
+        self.write("\x03")
+        try:
+            return self.wait(timeout=SHORT)
+        except TimeoutError:
+            self.write("\x1b[D")
+            return self.wait()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -120,7 +151,7 @@ def test_ctrl_c_stops_the_answer_history_and_leaving(models_dir, picture, tmp_pa
         t.expect(r"encoding and prefilling an image \(144 tokens, pruning\)")
         t.expect(r"\S{20}")  # the answer is streaming
         t.write("\x03")       # Ctrl-C: stop the answer, not the chat
-        t.expect(r"\(answer stopped\)", timeout=30)
+        t.expect(r"\(answer stopped\)")
         t.expect(r"> ")
         t.write("/stats\r")
         stats = t.expect(r"KV cells \d+/\d+\r\n")
@@ -133,14 +164,11 @@ def test_ctrl_c_stops_the_answer_history_and_leaving(models_dir, picture, tmp_pa
         t.expect(r"What now\?\r\n")
         t.expect(r"\S{5}")
         t.write("\x03")
-        t.expect(r"\(answer stopped\)", timeout=30)
+        t.expect(r"\(answer stopped\)")
         t.expect(r"> ")
-        t.wait_until_reading()
-        t.write("\x03")       # Ctrl-C at the prompt: a hint, then a second one leaves
-        t.expect(r"Ctrl-C again or Ctrl-D to leave")
-        t.wait_until_reading()
-        t.write("\x03")
-        assert t.wait() == 0
+        t.ctrl_c_at_prompt(r"Ctrl-C again or Ctrl-D to leave")  # Ctrl-C at the prompt: a hint, a second one leaves
+        t.expect(r"> ")
+        assert t.ctrl_c_to_leave() == 0
     finally:
         t.close()
     history = (tmp_path / "topv-edge" / "history").read_text()

@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "topv_edge"
 # rank of each room: a module may import modules of its own rank or lower
-RANKS = {"errors": 0, "demo": 1, "pruning": 1, "options": 2, "llama": 3, "session": 4, "handler": 4, "cli": 5,
+RANKS = {"errors": 0, "demo": 1, "hub": 1, "pruning": 1, "options": 2, "llama": 3, "session": 4, "handler": 4, "cli": 5,
          "chat": 6, "eval": 6, "viz": 6, "lab": 7}
 
 

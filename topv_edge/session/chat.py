@@ -15,15 +15,17 @@ from __future__ import annotations
 import ctypes
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ChatError, LlamaBuildMissing, OptionError, explain_llama_error
+from ..errors import ChatError, ContextWarning, LlamaBuildMissing, OptionError, explain_llama_error
 from ..llama import libs as llama_libs
 from ..llama.stage import ImageReport, configure_topv, decode_image
-from ..options import TopVOptions, check_threads
+from ..options import (DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, TopVOptions, check_flash_attn, check_min_p,
+                       check_threads, check_top_k, check_top_p)
 from .files import check_gguf, find_mmproj, read_image
 from .model import ModelPair, check_rpc_servers
 from .plan import ChunkPlan, PromptPlan
@@ -48,7 +50,9 @@ class VisionChat:
                  topv: TopVOptions | None = None, n_ctx: int | None = None, threads: int | None = None,
                  seed: int = 0, temp: float = 0.0, max_tokens: int = 256, verbose: bool = False,
                  progress: Callable[[str], None] | None = None, n_gpu_layers: int | None = None,
-                 mmproj_offload: bool = True, rpc_servers: list[str] | None = None) -> None:
+                 mmproj_offload: bool = True, top_k: int = DEFAULT_TOP_K, top_p: float = DEFAULT_TOP_P,
+                 min_p: float = DEFAULT_MIN_P, flash_attn: str = "auto", system_prompt: str | None = None,
+                 chat_template: str | None = None, rpc_servers: list[str] | None = None) -> None:
         self.model_path = check_gguf(model_path, "model")
         self.mmproj_path = check_gguf(mmproj_path, "mmproj") if mmproj_path else find_mmproj(self.model_path)
         self.topv = topv or TopVOptions()
@@ -69,6 +73,10 @@ class VisionChat:
         self.n_gpu_layers = n_gpu_layers
         self.mmproj_offload = bool(mmproj_offload)
         self.seed, self.temp, self.max_tokens = seed, temp, max_tokens
+        self.top_k, self.top_p, self.min_p = check_top_k(top_k), check_top_p(top_p), check_min_p(min_p)
+        self.flash_attn = check_flash_attn(flash_attn)
+        # a system message opens every conversation (after reset() too); the model's template places it
+        self._opening: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
         self.progress = progress or (lambda msg: None)
         self.ctx = None  # created at the first turn, sized for what it needs (and grown when an image needs more)
         self._ctx_parts: list[tuple[Callable[[Any], None], Any]] = []
@@ -86,12 +94,12 @@ class VisionChat:
             rpc_devices = [d for server in self.rpc_servers for d in self._lib.rpc_add_server(server)]
             self._pair = ModelPair(self._lib, self.model_path, self.mmproj_path, threads=self.threads,
                                    n_gpu_layers=n_gpu_layers, mmproj_offload=self.mmproj_offload,
-                                   progress=self.progress, rpc_devices=rpc_devices)
+                                   progress=self.progress, chat_template=chat_template, rpc_devices=rpc_devices)
             self.set_topv(self.topv)
         except BaseException:
             self.close()
             raise
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = list(self._opening)
         self._images: list[bytes] = []  # the conversation's images, in order (to re-evaluate from scratch)
         self._evaluated_text = ""     # the prompt text whose tokens are in the KV cache
         self.n_past = 0               # next position (unpruned numbering)
@@ -123,6 +131,11 @@ class VisionChat:
     def template(self) -> Any:
         return self._pair.template
 
+    @property
+    def n_ctx_train(self) -> int:
+        """The context the model was trained for (GGUF metadata; 0 when the file does not say)."""
+        return self.llama.llama_model_n_ctx_train(self.model)
+
     def set_topv(self, options: TopVOptions) -> None:
         """Prune later images with these options (the images already in the conversation stay as they are)."""
         options.validate(self.n_layer)
@@ -148,7 +161,9 @@ class VisionChat:
         p.n_ctx = max(n_ctx, min(n_ubatch, _round_up(n_ctx, 256)))
         p.n_batch = p.n_ubatch = n_ubatch
         p.n_threads = p.n_threads_batch = self.threads
+        p.flash_attn_type = self.flash_attn
         p.no_perf = True
+        self._warn_beyond_training(p.n_ctx)
         with self.log.capture() as log:
             ctx = L.llama_init_from_model(self.model, p)
         if not ctx:
@@ -161,10 +176,27 @@ class VisionChat:
         self.n_ctx = L.llama_n_ctx(ctx)
         self.n_batch = L.llama_n_batch(ctx)  # llama.cpp caps n_batch (and so n_ubatch) at n_ctx
         self.n_ubatch = L.llama_n_ubatch(ctx)
-        self.sampler = make_sampler(L, self.temp, self.seed)
+        self.sampler = make_sampler(L, self.temp, self.seed, self.top_k, self.top_p, self.min_p)
         self._ctx_parts.append((L.llama_sampler_free, self.sampler))
         self._batch = L.llama_batch_init(1, 0, 1)
         self._ctx_parts.append((L.llama_batch_free, self._batch))
+
+    def _warn_beyond_training(self, n_ctx: int) -> None:
+        """As llama.cpp ("possible training context overflow"), before the KV cache is allocated: positions past
+        the trained context are out of the model's training, and the cache may be far larger than needed."""
+        n_train = self.n_ctx_train
+        if 0 < n_train < n_ctx:
+            warnings.warn(ContextWarning("n_ctx", f"{n_ctx} is beyond the {n_train} tokens {self.model_path.name} was "
+                                                  f"trained for (answers past that are out of its training); its KV "
+                                                  f"cache takes about {self._kv_bytes(n_ctx) / 2**30:.1f} GiB"),
+                          stacklevel=4)
+
+    def _kv_bytes(self, n_ctx: int) -> int:
+        """The f16 K and V caches of n_ctx cells (llama.cpp's default cache type)."""
+        L = self.llama
+        n_embd_kv = L.llama_model_n_embd(self.model) // max(1, L.llama_model_n_head(self.model)) \
+            * L.llama_model_n_head_kv(self.model)
+        return 2 * 2 * self.n_layer * n_embd_kv * n_ctx
 
     def _free_context(self) -> None:
         while self._ctx_parts:
@@ -182,8 +214,9 @@ class VisionChat:
     # -- conversation --------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the conversation and its pictures (the KV cache is cleared; the model stays loaded)."""
-        self.messages = []
+        """Forget the conversation and its pictures (the KV cache is cleared; the model stays loaded); the system
+        prompt stays."""
+        self.messages = list(self._opening)
         self._images = []
         self._clear_cache()
         if self.ctx:
@@ -248,7 +281,8 @@ class VisionChat:
                             generated_tokens=n_gen, generate_ms=gen_ms, kv_cells=self.kv_cells, n_ctx=self.n_ctx,
                             keep=t.keep_label(), keep_ratio=None if (t.is_count or not t.enabled) else float(t.keep),
                             keep_count=int(t.keep) if (t.is_count and t.enabled) else None, method=t.method,
-                            layer=t.layer, stopped=stopped)
+                            layer=t.layer, overview_weight=t.overview_weight,
+                            params=t.resolved_params() if t.enabled else {}, stopped=stopped)
         return answer, report
 
     def logits(self) -> np.ndarray:
@@ -344,15 +378,15 @@ class VisionChat:
     def _check_room(self, plan: PromptPlan) -> None:
         # (only a context of a fixed size gets here short: an automatic one grows first)
         short = plan.probed_images_over(self.n_ubatch)
+        # (only a fixed n_ctx gets here: an automatic one grows instead)
         if short:
-            raise OptionError("n_ctx", f"is too small: an image has {max(short)} tokens but the batch of a context "
-                                       f"of {self.n_ctx} holds {self.n_ubatch}; the probe decodes an image whole, so "
-                                       "start with a larger one (or none: it is sized automatically)")
+            raise OptionError("n_ctx", f"{self.n_ctx} is too small: an image has {max(short)} tokens but its batch "
+                                       f"holds {self.n_ubatch}; the probe decodes an image whole, so start with a "
+                                       f"larger n_ctx (or none: it is sized automatically)")
         if self.kv_cells + plan.peak_cells + 1 > self.n_ctx:
-            raise OptionError("n_ctx", f"is too small: the prompt needs {plan.peak_cells} more KV cells (images are "
-                                       f"probed whole before pruning) but the context has {self.n_ctx - self.kv_cells} "
-                                       f"free of {self.n_ctx}; start with a larger one, a smaller keep, or reset the "
-                                       "conversation")
+            raise OptionError("n_ctx", f"{self.n_ctx} is too small: the prompt needs {plan.peak_cells} more KV cells "
+                                       f"(images are probed whole before pruning) but {self.n_ctx - self.kv_cells} "
+                                       "are free; start with a larger n_ctx, a smaller keep, or reset the conversation")
 
     # -- prefill through the stage -------------------------------------------------------------
 

@@ -44,8 +44,9 @@ class ModelPair:
 
     def __init__(self, libs: llama_libs.LlamaLibs, model_path: Path, mmproj_path: Path, *, threads: int,
                  n_gpu_layers: int | None, mmproj_offload: bool, progress: Callable[[str], None],
-                 rpc_devices: Sequence[int] = ()) -> None:
+                 chat_template: str | None = None, rpc_devices: Sequence[int] = ()) -> None:
         self.libs = libs
+        self.chat_template = chat_template  # replaces the model's own (None: the model's)
         self.model_path, self.mmproj_path = model_path, mmproj_path
         self._stack = contextlib.ExitStack()
         try:
@@ -111,9 +112,12 @@ class ModelPair:
         return why
 
     def _load_template(self) -> Any:
+        if self.chat_template is not None:
+            return compile_chat_template(self.chat_template, "the chat template given")
         buf = ctypes.create_string_buffer(1 << 16)
         n = self.libs.llama_cpp.llama_model_meta_val_str(self.model, b"tokenizer.chat_template", buf, len(buf))
-        return compile_chat_template(buf.value.decode("utf-8", "replace") if n > 0 else LLAVA15_TEMPLATE)
+        return compile_chat_template(buf.value.decode("utf-8", "replace") if n > 0 else LLAVA15_TEMPLATE,
+                                     f"{self.model_path.name}'s chat template")
 
     def close(self) -> None:
         self._stack.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..llama.stage import ImageReport
@@ -63,6 +64,8 @@ class TurnReport:
     keep_count: int | None = None    # the requested count (None when keep is a ratio or pruning is off)
     method: str = ""      # the method that chose the kept tokens
     layer: int | None = None  # the probe layer Li the method read
+    overview_weight: float = math.inf  # tiled pictures: the overview's weight in the picture's budget
+    params: dict[str, float | int] = field(default_factory=dict)  # every pass parameter used ({} unpruned)
     stopped: bool = False  # the answer was cut short by the caller (Ctrl-C in the chat)
 
     @property

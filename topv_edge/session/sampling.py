@@ -5,17 +5,20 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+from ..options import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P
 
-def make_sampler(L: Any, temp: float, seed: int) -> Any:
-    """Greedy at temp 0, else top-k 40, top-p 0.95, min-p 0.05, temperature and a seeded draw (llama.cpp's
-    defaults)."""
+
+def make_sampler(L: Any, temp: float, seed: int, top_k: int = DEFAULT_TOP_K, top_p: float = DEFAULT_TOP_P,
+                 min_p: float = DEFAULT_MIN_P) -> Any:
+    """Greedy at temp 0, else top-k, top-p, min-p, temperature and a seeded draw, in llama.cpp's order (its
+    default sampler chain; top_k 0, top_p 1 and min_p 0 are no-ops there as here)."""
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     if temp == 0:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
     else:
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(40))
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(0.95, 1))
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(0.05, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(top_k))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(top_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(min_p, 1))
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(temp))
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
     return chain

@@ -54,10 +54,12 @@ LFM2_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<|im_start|>{{ mes
                  "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def compile_chat_template(source: str):
+def compile_chat_template(source: str, what: str = "the chat template"):
     """A model's Jinja chat template, compiled as HF transformers and llama-cpp-python do (sandboxed,
     trim_blocks, lstrip_blocks); render(messages=..., add_generation_prompt=..., bos_token=..., ...).
-    A template's raise_exception() raises topv_edge.errors.ChatError."""
+    A template's raise_exception() raises topv_edge.errors.ChatError, and so does a syntax error (`what` names
+    the template in its message)."""
+    from jinja2 import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -66,4 +68,7 @@ def compile_chat_template(source: str):
         raise ChatError(f"the model's chat template refused the conversation: {message}")
 
     env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as e:
+        raise ChatError(f"{what} is not a valid Jinja template: line {e.lineno}: {e.message}") from None
