@@ -24,10 +24,9 @@ import pytest
 import topv_edge
 from topv_edge.options import TopVOptions
 from topv_edge.session import VisionChat
-from topv_edge.session.files import read_image
 from topv_edge.lab.synth import demo_image, image_layout, pair_paths, preset_config
 
-from helpers.stage import (QUESTION, decode_text_chunk, image_positions, manual_prefill, memory_cells,
+from helpers.stage import (QUESTION, image_positions, manual_prefill, memory_cells,
                            prompt_chunks, recurrent_state)
 
 # "llava-cls": LLaVA-1.5's real tower, with a class embedding (pruned once patches/10 puts the class token first)

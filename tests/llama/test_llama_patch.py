@@ -7,10 +7,7 @@ low-level bindings) or runs the patched llama-mtmd-cli / llama-server binaries.
 from __future__ import annotations
 
 import base64
-import json
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from topv_edge.options import TopVOptions
 from topv_edge.session import VisionChat
 
 from helpers.families import FAMILIES
-from helpers.server import free_port
+from helpers.server import LlamaServer, binary
 from helpers.stage import QUESTION, allow_position_gaps, decode_text_chunk
 
 
@@ -151,11 +148,6 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray, renumber: 
 
 # --- the patched binaries ------------------------------------------------------------------------
 
-def binary(libs, name: str) -> str:
-    path = libs.directory / "bin" / name
-    assert path.exists(), f"{path} missing: run scripts/build_llama_cpp.sh"
-    return str(path)
-
 
 def run_cli(libs, models_dir, picture, *flags, timeout=120):
     cmd = [binary(libs, "llama-mtmd-cli"), "-m", str(models_dir / "llava-tiny.gguf"),
@@ -215,39 +207,15 @@ def test_mtmd_cli_falls_back_to_unpruned_with_a_warning(models_dir, picture, lib
 
 
 def test_llama_server_answers_an_image_request_with_pruning(models_dir, picture, libs, tmp_path):
-    port = free_port()
-    log = open(tmp_path / "server.log", "wb")
-    server = subprocess.Popen([binary(libs, "llama-server"), "-m", str(models_dir / "llava-tiny.gguf"),
-                               "--mmproj", str(models_dir / "mmproj-llava-tiny.gguf"), "--host", "127.0.0.1",
-                               "--port", str(port), "-t", "2", "-c", "1024", "--topv-keep", "0.25"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.time() < deadline, "llama-server did not come up"
-            time.sleep(0.3)
-        uri = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
-        body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
-                                                          {"type": "text", "text": QUESTION}]}],
-                "max_tokens": 4, "temperature": 0}
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            reply = json.loads(r.read())
-        assert reply["choices"][0]["message"]["content"] is not None
-        assert reply["usage"]["prompt_tokens"] > 64
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
-    assert "topv: image 8x8: 64 tokens -> 16 kept" in (tmp_path / "server.log").read_text(errors="replace")
+    uri = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
+    with LlamaServer(libs, models_dir / "llava-tiny.gguf", models_dir / "mmproj-llava-tiny.gguf",
+                     tmp_path / "server.log", "--topv-keep", "0.25", n_ctx=1024) as server:
+        status, reply = server.chat([{"type": "image_url", "image_url": {"url": uri}},
+                                     {"type": "text", "text": QUESTION}], max_tokens=4)
+        log = server.log()
+    assert status == 200 and reply["choices"][0]["message"]["content"] is not None, reply
+    assert reply["usage"]["prompt_tokens"] > 64
+    assert "topv: image 8x8: 64 tokens -> 16 kept" in log
 
 
 def test_pruned_logits_match_a_float64_reference_forward_at_the_original_positions(models_dir, picture, libs):

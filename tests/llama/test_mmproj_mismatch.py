@@ -11,17 +11,15 @@ and mtmd_topv_check_model() says the same, so the Python entry points refuse the
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from helpers.server import LlamaServer, binary
 
 ABORTED = {-signal.SIGABRT, 128 + signal.SIGABRT, 134}
 QUESTION = "describe"
@@ -50,12 +48,6 @@ def files(pairs_dir: Path, text: str, proj: str) -> tuple[Path, Path]:
 
 def reason_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if REASON in line]
-
-
-def binary(libs, name: str) -> str:
-    path = libs.directory / "bin" / name
-    assert path.exists(), f"{path} missing: run scripts/build_llama_cpp.sh"
-    return str(path)
 
 
 @pytest.mark.parametrize("text,proj,marker", BAD_PAIRS, ids=[f"{t}+{p}" for t, p, _ in BAD_PAIRS])
@@ -172,56 +164,22 @@ def test_mtmd_cli_refuses_the_pair_cleanly(pairs_dir, picture, libs, text, proj,
     assert len(errors) == 1 and marker in errors[0], r.stderr[-3000:]
 
 
-def _post(port: int, body: dict, timeout: float = 60) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 @pytest.mark.parametrize("text,proj,marker", BAD_PAIRS, ids=[f"{t}+{p}" for t, p, _ in BAD_PAIRS])
 def test_llama_server_answers_an_http_error_and_stays_up(pairs_dir, picture, libs, tmp_path, text, proj, marker):
-    from helpers.server import free_port
-
     model_path, mmproj_path = files(pairs_dir, text, proj)
-    port = free_port()
     log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen([binary(libs, "llama-server"), "-m", str(model_path), "--mmproj", str(mmproj_path),
-                                   "--host", "127.0.0.1", "--port", str(port), "-t", "2", "-c", "1024",
-                                   "--topv-keep", "0.25"], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.time() + 90
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert server.poll() is None, log_path.read_text(errors="replace")[-3000:]
-                assert time.time() < deadline, "llama-server did not come up"
-                time.sleep(0.3)
-            uri = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
-            image_msg = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
-                                                                   {"type": "text", "text": QUESTION}]}],
-                         "max_tokens": 2, "temperature": 0}
-            for _ in range(2):  # the same answer each time: nothing is left stuck
-                status, reply = _post(port, image_msg)
-                assert status == 400, (status, reply)  # the server's answer to any prompt it cannot tokenize
-                message = reply["error"]["message"]
-                assert REASON in message and marker in message and "\n" not in message, message
-            # text still works: the server is up and the slot free
-            status, reply = _post(port, {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2,
-                                         "temperature": 0})
-            assert status == 200 and reply["choices"][0]["message"]["content"] is not None, reply
-            assert server.poll() is None
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    uri = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
+    with LlamaServer(libs, model_path, mmproj_path, log_path, "--topv-keep", "0.25", n_ctx=1024) as server:
+        for _ in range(2):  # the same answer each time: nothing is left stuck
+            status, reply = server.chat([{"type": "image_url", "image_url": {"url": uri}},
+                                         {"type": "text", "text": QUESTION}])
+            assert status == 400, (status, reply)  # the server's answer to any prompt it cannot tokenize
+            message = reply["error"]["message"]
+            assert REASON in message and marker in message and "\n" not in message, message
+        # text still works: the server is up and the slot free
+        status, reply = server.chat("hello")
+        assert status == 200 and reply["choices"][0]["message"]["content"] is not None, reply
+        assert server.proc.poll() is None
     text_log = log_path.read_text(errors="replace")
     assert "GGML_ASSERT" not in text_log
     assert any(REASON in line for line in text_log.splitlines()), text_log[-3000:]  # said at load too (warning)

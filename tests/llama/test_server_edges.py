@@ -15,67 +15,21 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers.server import free_port
+from helpers.server import LlamaServer
 
 N_IMAGE = 64  # llava tiny: an 8 x 8 grid per picture
 
 
-def binary(libs, name: str) -> str:
-    path = libs.directory / "bin" / name
-    assert path.exists(), f"{path} missing: run scripts/build_llama_cpp.sh"
-    return str(path)
+class Server(LlamaServer):
+    """llama-server on the tiny llava pair, one slot."""
 
-
-class Server:
     def __init__(self, libs, models_dir: Path, log_path: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([binary(libs, "llama-server"), "-m", str(models_dir / "llava-tiny.gguf"),
-                                      "--mmproj", str(models_dir / "mmproj-llava-tiny.gguf"), "--host", "127.0.0.1",
-                                      "--port", str(self.port), "-t", "2", "-c", "2048", "-np", "1", *flags],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.close()
-                raise AssertionError("llama-server did not come up:\n" + self.log()[-3000:])
-            time.sleep(0.3)
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def chat(self, content: list | str, **extra) -> tuple[int, dict]:
-        body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0, **extra}
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/chat/completions",
-                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-        self._log.close()
+        super().__init__(libs, models_dir / "llava-tiny.gguf", models_dir / "mmproj-llava-tiny.gguf", log_path,
+                         "-np", "1", *flags)
 
 
 @pytest.fixture(scope="module", params=["stock", "topv"])
