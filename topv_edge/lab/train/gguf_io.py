@@ -60,7 +60,7 @@ def read_tensors(*paths: Path) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for path in paths:
         for t in gguf.GGUFReader(str(path)).tensors:
-            out[t.name] = np.asarray(t.data, np.float32)
+            out[t.name] = np.array(t.data, np.float32)  # a copy: the reader maps the file read-only
     return out
 
 
