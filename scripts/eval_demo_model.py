@@ -53,7 +53,7 @@ DATASETS = {
     "demo": (demo_data, DEMO_MODEL, DEMO_MMPROJ, "demo"),
     "scenes": (scenes_data, DEMO2 / "scenes-vlm.gguf", DEMO2 / "mmproj-scenes-vlm.gguf", "scenes"),
 }
-EVAL_DIR = REPO / "build" / "eval"  # the splits, written on first use (shared with train_demo_vlm.py)
+EVAL_DIR = REPO / "build" / "eval"  # the splits, written on first use (topv_edge.lab.train's EVAL_DIR)
 SWEEP_KEEPS = (0.25, 0.11)
 REPORT_KEEPS = (0.5, 0.25, 0.11, 0.05)
 # methods that read no features (topv_method_reads): the probe layer cannot change what they keep

@@ -1,7 +1,7 @@
 """The demo for `python -m topv_edge.chat --demo`: the project's trained demo model and a picture.
 
 The model (docs/demo_model.md) is a 5M-parameter LLaVA-1.5-style pair trained by
-scripts/train_demo_vlm.py on the procedural shapes of `topv_edge.lab.data.demo`; it ships inside the
+topv_edge.lab.train (demo) on the procedural shapes of `topv_edge.lab.data.demo`; it ships inside the
 package, as GGUF files llama.cpp loads like any LLaVA model. It answers, in one word, the kinds of
 question in `demo_questions()` about pictures like the bundled one (168 x 168, 144 image tokens).
 """
@@ -29,5 +29,5 @@ def demo_files() -> tuple[Path, Path, Path]:
     missing = [p for p in (DEMO_MODEL, DEMO_MMPROJ, DEMO_PICTURE, DEMO_QA) if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"the demo model is not installed ({', '.join(str(p) for p in missing)} missing); "
-                                "reinstall topv-edge or run scripts/train_demo_vlm.py export")
+                                "reinstall topv-edge or run python -m topv_edge.lab.train demo export")
     return DEMO_MODEL, DEMO_MMPROJ, DEMO_PICTURE

@@ -1,13 +1,9 @@
 """The demo model's procedural data set: coloured shapes on cluttered backgrounds, with one-word answers.
 
-Shared by the training script (scripts/train_demo_vlm.py), the evaluation-set generator
+Shared by the training lab (topv_edge.lab.train demo), the evaluation-set generator
 (scripts/gen_eval_set.py) and the tests. numpy + Pillow only. Every example is a pure function of
-its seed: example `i` of the split with seed `s` is drawn from `np.random.default_rng([s, i])`, so
-a split is reproducible example by example and independent of how many examples are asked for.
-
-Seeds: 1 is the validation split, 2 the test split, 3..999 are reserved for other evaluation
-sets; training draws from seeds >= 1000 only (TRAIN_SEED_BASE + step, see the training script),
-so no evaluation example is ever trained on.
+its seed (splits, seeds and caches: topv_edge.lab.data.splits); training draws from seeds >= 1000 only
+(TRAIN_SEED_BASE + step, see topv_edge.lab.train.demo), so no evaluation example is ever trained on.
 
 A picture is IMAGE_SIZE x IMAGE_SIZE (168 = 12 x 12 patches of 14 px, 144 image tokens), 1 to 4
 shapes (circle, square, triangle, cross) of distinct (colour, shape) pairs and three sizes (blocks of
@@ -25,13 +21,13 @@ Question types (QTYPES), answers are single lower-case words (ANSWERS):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+
+from .splits import Example, Splits, accuracy_by_type, example_rng, normalize_answer, read_jsonl  # noqa: F401 (re-exported)
+from .splits import write_examples  # noqa: F401 (re-exported)
 
 IMAGE_SIZE = 168
 PATCH_SIZE = 14
@@ -76,13 +72,6 @@ class Scene:
     objects: tuple[Obj, ...]
     background: str
     seed_material: int  # drives the texture and clutter (a scene renders the same picture every time)
-
-
-class Example(NamedTuple):
-    image: "object"   # PIL.Image.Image, RGB, IMAGE_SIZE x IMAGE_SIZE
-    question: str
-    answer: str
-    qtype: str
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,71 +298,5 @@ def make_example(rng: np.random.Generator):
     return ex.image, ex.question, ex.answer
 
 
-def example_rng(seed: int, i: int) -> np.random.Generator:
-    return np.random.default_rng([seed, i])
-
-
-def iter_split(n: int, seed: int) -> Iterator[Example]:
-    for i in range(n):
-        yield make_example_full(example_rng(seed, i))
-
-
-def generate_split(n: int, seed: int) -> list[Example]:
-    """n examples; example i is drawn from default_rng([seed, i]). Question types uniform per example."""
-    return list(iter_split(n, seed))
-
-
-def write_jsonl(out_dir: str | Path, n: int, seed: int) -> Path:
-    """Write images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} per line) of split `seed`."""
-    return write_examples(out_dir, iter_split(n, seed))
-
-
-def write_examples(out_dir: str | Path, examples: Iterable) -> Path:
-    """Write examples (anything with image, question, answer, qtype) as images/NNNNN.png and data.jsonl. Returns
-    data.jsonl (written last, under a temporary name until complete). Shared with topv_edge.lab.data.scenes."""
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    path = out / "data.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-        for i, ex in enumerate(examples):
-            rel = f"images/{i:05d}.png"
-            ex.image.save(out / rel)
-            f.write(json.dumps({"image": rel, "question": ex.question, "answer": ex.answer, "kind": ex.qtype}) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def cached_split(root: str | Path, n: int, seed: int) -> Path:
-    """data.jsonl of the first n examples of split `seed`, in root/seed{seed}-n{n}, written on first use."""
-    path = Path(root) / f"seed{seed}-n{n}" / "data.jsonl"
-    return path if path.is_file() else write_jsonl(path.parent, n, seed)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The lines of a data.jsonl, with "image" made an absolute path."""
-    path = Path(path)
-    rows = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                row["image"] = str((path.parent / row["image"]).resolve())
-                rows.append(row)
-    return rows
-
-
-def normalize_answer(text: str) -> str:
-    """Exact-match scoring: the whole answer, lower case, surrounding blanks and punctuation stripped."""
-    return text.strip().lower().strip(".,!?;:\"' \n")
-
-
-def accuracy_by_type(rows: Sequence[tuple[str, str, str]]) -> dict[str, tuple[int, int]]:
-    """rows of (qtype, answer, prediction) -> {qtype: (correct, total)} plus "all"."""
-    out: dict[str, list[int]] = {}
-    for t, a, p in rows:
-        for key in (t, "all"):
-            c = out.setdefault(key, [0, 0])
-            c[0] += int(normalize_answer(p) == a)
-            c[1] += 1
-    return {k: (v[0], v[1]) for k, v in out.items()}
+SPLITS = Splits(make_example_full)  # question types uniform per example
+iter_split, generate_split, write_jsonl, cached_split = SPLITS.iter, SPLITS.generate, SPLITS.write_jsonl, SPLITS.cached

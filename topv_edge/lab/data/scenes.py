@@ -1,9 +1,9 @@
 """The second demo model's procedural task ("scenes"): objects of very different sizes among saturated
 clutter, relations between two objects, and a character to read in a small box. One-word answers.
 
-numpy + Pillow only; used by scripts/train_scenes_vlm.py and the tests. Seeds as in topv_edge.lab.data.demo:
-example `i` of the split with seed `s` is drawn from `np.random.default_rng([s, i])`; seed 1 is the
-validation split, 2 the test split, 3..999 other evaluation sets, training uses seeds >= 1000 only.
+numpy + Pillow only; used by the training lab (topv_edge.lab.train scenes) and the tests. Seeds and splits
+as in topv_edge.lab.data.splits: seed 1 is the validation split, 2 the test split, 3..999 other evaluation
+sets, training uses seeds >= 1000 only.
 
 A picture is 224 x 224: 16 x 16 patches of 14 px, which a Qwen2-VL-style merger turns into 8 x 8 = 64
 image tokens of 28 x 28 px ("cells"). It holds:
@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from .demo import Example, accuracy_by_type, example_rng, normalize_answer, read_jsonl, write_examples  # noqa: F401 (re-exported)
+from .splits import Example, Splits, accuracy_by_type, example_rng, normalize_answer, read_jsonl  # noqa: F401 (re-exported)
+from .splits import write_examples  # noqa: F401 (re-exported)
 
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
@@ -330,21 +329,5 @@ def make_example_full(rng: np.random.Generator) -> Example:
     return Example(img, q, a, t)
 
 
-def iter_split(n: int, seed: int) -> Iterator[Example]:
-    for i in range(n):
-        yield make_example_full(example_rng(seed, i))
-
-
-def generate_split(n: int, seed: int) -> list[Example]:
-    return list(iter_split(n, seed))
-
-
-def write_jsonl(out_dir: str | Path, n: int, seed: int) -> Path:
-    """images/NNNNN.png and data.jsonl ({"image", "question", "answer", "kind"} a line), written last."""
-    return write_examples(out_dir, iter_split(n, seed))
-
-
-def cached_split(root: str | Path, n: int, seed: int) -> Path:
-    """data.jsonl of the first n examples of split `seed`, in root/scenes-seed{seed}-n{n}, written on first use."""
-    path = Path(root) / f"scenes-seed{seed}-n{n}" / "data.jsonl"
-    return path if path.is_file() else write_jsonl(path.parent, n, seed)
+SPLITS = Splits(make_example_full, prefix="scenes-")
+iter_split, generate_split, write_jsonl, cached_split = SPLITS.iter, SPLITS.generate, SPLITS.write_jsonl, SPLITS.cached
