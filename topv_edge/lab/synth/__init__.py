@@ -33,11 +33,11 @@ from __future__ import annotations
 from .configs import TextConfig, VisionConfig, ModelConfig
 from .tiling import ImageLayout, image_layout, PictureChunk, picture_chunks, lfm2_should_tile
 from .presets import TILED_FAMILIES, FAMILIES, PRESETS
-from .tokenizer import Tokenizer, make_tokenizer, family_tokenizer
+from .tokenizer import bytes_to_unicode, Tokenizer, make_tokenizer, family_tokenizer
 from .weights import text_weight_shapes, vision_weight_shapes, gemma4_rope_freqs, minicpmv_pos_embed_k, random_weights
 from .gguf_writer import LazyRandomWeights, write_text_model, mmproj_block_count, write_mmproj, permute_qk_for_llama
 from .pairs import (WRITER_VERSION, FINGERPRINT_KEY, pair_paths, preset_config, pair_fingerprint, read_fingerprint,
     pair_weights, quantize_model, write_pair, main)
 from .pictures import demo_image
 
-__all__ = ["FAMILIES", "FINGERPRINT_KEY", "ImageLayout", "LazyRandomWeights", "ModelConfig", "PRESETS", "PictureChunk", "TILED_FAMILIES", "TextConfig", "Tokenizer", "VisionConfig", "WRITER_VERSION", "demo_image", "family_tokenizer", "gemma4_rope_freqs", "image_layout", "lfm2_should_tile", "main", "make_tokenizer", "minicpmv_pos_embed_k", "mmproj_block_count", "pair_fingerprint", "pair_paths", "pair_weights", "permute_qk_for_llama", "picture_chunks", "preset_config", "quantize_model", "random_weights", "read_fingerprint", "text_weight_shapes", "vision_weight_shapes", "write_mmproj", "write_pair", "write_text_model"]
+__all__ = ["bytes_to_unicode", "FAMILIES", "FINGERPRINT_KEY", "ImageLayout", "LazyRandomWeights", "ModelConfig", "PRESETS", "PictureChunk", "TILED_FAMILIES", "TextConfig", "Tokenizer", "VisionConfig", "WRITER_VERSION", "demo_image", "family_tokenizer", "gemma4_rope_freqs", "image_layout", "lfm2_should_tile", "main", "make_tokenizer", "minicpmv_pos_embed_k", "mmproj_block_count", "pair_fingerprint", "pair_paths", "pair_weights", "permute_qk_for_llama", "picture_chunks", "preset_config", "quantize_model", "random_weights", "read_fingerprint", "text_weight_shapes", "vision_weight_shapes", "write_mmproj", "write_pair", "write_text_model"]

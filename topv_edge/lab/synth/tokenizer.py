@@ -10,7 +10,7 @@ from ...session.templates import (CHATML_TEMPLATE, GEMMA4_TEMPLATE, GEMMA_TEMPLA
 from .presets import FAMILIES
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -40,7 +40,7 @@ class Tokenizer:
 
 def make_tokenizer(specials: list[str], chat_template: str, n_merges: int = 48, corpus: str = _CORPUS) -> Tokenizer:
     """Byte tokens, `n_merges` BPE merges learnt greedily on `corpus` (deterministic), then the special tokens."""
-    b2u = _bytes_to_unicode()
+    b2u = bytes_to_unicode()
     tokens = [b2u[b] for b in range(256)]
     words = [[b2u[b] for b in (" " + w).encode()] for w in corpus.split()]
     merges: list[str] = []
@@ -109,5 +109,5 @@ def family_tokenizer(family: str) -> Tokenizer:
 def _with_merged_token(tok: Tokenizer, text: str) -> Tokenizer:
     """`tok` plus an ordinary token for the two bytes of `text` and the BPE merge that makes it (SmolLM2's
     vocabulary has "\\n\\n" as one token; mtmd's lookup_token compares the pieces' text)."""
-    a, b = (_bytes_to_unicode()[c] for c in text.encode())
+    a, b = (bytes_to_unicode()[c] for c in text.encode())
     return replace(tok, tokens=tok.tokens + [a + b], types=tok.types + [1], merges=tok.merges + [f"{a} {b}"])

@@ -59,7 +59,7 @@ class Tok:
         self.n_vocab = len(self.spec.tokens)
         self._cache: dict[tuple[str, bool], list[int]] = {}
         self.template = compile_chat_template(self.spec.chat_template)
-        self._u2b = {u: b for b, u in S._bytes_to_unicode().items()}
+        self._u2b = {u: b for b, u in S.bytes_to_unicode().items()}
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         key = (text, add_bos)
