@@ -52,7 +52,7 @@ import shlex  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, Sequence  # noqa: E402
 
-from .cli import (Parser, add_device_flags, add_pruning_flags, add_sampling_flags, in_flag_terms,  # noqa: E402
+from .cli import (Parser, add_device_flags, device_options, add_pruning_flags, add_sampling_flags, in_flag_terms,  # noqa: E402
                   positive_int, pruning_options, run_command)
 from .errors import ChatError  # noqa: E402
 from .session import TurnReport, VisionChat  # noqa: E402
@@ -364,12 +364,10 @@ def run(args: argparse.Namespace) -> int:
     options = pruning_options(args)
     options.validate()
     _check_images(args.images)
-    chat = VisionChat(args.model, args.mmproj, topv=options, n_ctx=args.ctx, threads=args.threads, seed=args.seed,
-                      temp=args.temp, max_tokens=256 if args.max_tokens is None else args.max_tokens,
-                      verbose=args.verbose, progress=_progress, n_gpu_layers=args.ngl,
-                      mmproj_offload=not args.no_mmproj_offload, top_k=args.top_k, top_p=args.top_p,
-                      min_p=args.min_p, flash_attn=args.flash_attn, system_prompt=args.system_prompt,
-                      chat_template=args.chat_template, rpc_servers=args.rpc)
+    chat = VisionChat(args.model, args.mmproj, topv=options, n_ctx=args.ctx, seed=args.seed, temp=args.temp,
+                      max_tokens=256 if args.max_tokens is None else args.max_tokens, verbose=args.verbose,
+                      progress=_progress, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                      system_prompt=args.system_prompt, chat_template=args.chat_template, **device_options(args))
     with chat:
         session = _Session(chat, args.json)
         if args.prompt is not None:

@@ -155,6 +155,12 @@ def add_sampling_flags(g: Any) -> None:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
 
 
+def device_options(args: argparse.Namespace) -> dict[str, Any]:
+    """VisionChat's keyword arguments for the flags of add_device_flags (the same for chat, eval and viz)."""
+    return dict(threads=args.threads, n_gpu_layers=args.ngl, flash_attn=args.flash_attn,
+                mmproj_offload=not args.no_mmproj_offload, rpc_servers=args.rpc)
+
+
 def pruning_options(args: argparse.Namespace, **overrides: Any) -> TopVOptions:
     """The TopVOptions the flags of add_pruning_flags ask for (`overrides` for eval's per-row values)."""
     fields = dict(enabled=not getattr(args, "no_prune", False), keep=args.keep, layer=args.layer,

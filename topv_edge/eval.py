@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import Parser, add_device_flags, add_pruning_flags, parse_topv_params, positive_int, run_command
+from .cli import (Parser, add_device_flags, add_pruning_flags, device_options, parse_topv_params, positive_int,
+                  run_command)
 from .errors import ChatError
 from .options import TopVOptions
 from .pruning import METHODS
@@ -150,9 +151,8 @@ def _run(args: argparse.Namespace) -> int:
     items = read_items(args.data, args.limit)
     show = (lambda i, n: print(f"\r  {i}/{n}", end="", file=sys.stderr, flush=True)) if sys.stderr.isatty() else None
     rows = []
-    with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), threads=args.threads,
-                    max_tokens=args.max_tokens, n_gpu_layers=args.ngl, flash_attn=args.flash_attn,
-                    mmproj_offload=not args.no_mmproj_offload) as chat:
+    with VisionChat(args.model, args.mmproj, topv=TopVOptions(enabled=False), max_tokens=args.max_tokens,
+                    **device_options(args)) as chat:
         t0 = time.perf_counter()
         base = evaluate(chat, items, TopVOptions(enabled=False), show)
         rows.append({"method": "none", **keep_fields(TopVOptions(enabled=False)), "layer": None,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import Parser, add_device_flags, add_pruning_flags, pruning_options, run_command
+from .cli import Parser, add_device_flags, add_pruning_flags, device_options, pruning_options, run_command
 from .errors import ChatError
 from .session import VisionChat
 
@@ -178,8 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     check_output(args.out, "-o")
     check_output(heatmap, "--heatmap")
     options = pruning_options(args)
-    with VisionChat(args.model, args.mmproj, topv=options, threads=args.threads, max_tokens=1, n_gpu_layers=args.ngl,
-                    flash_attn=args.flash_attn, mmproj_offload=not args.no_mmproj_offload) as chat:
+    with VisionChat(args.model, args.mmproj, topv=options, max_tokens=1, **device_options(args)) as chat:
         reports, _, _ = chat.add_user_message("Describe the picture.", [args.image])
         if len(reports) != 1:  # the kept cells of tiles cut from a resized copy: not drawn on the picture yet
             raise ChatError(f"this model made {len(reports)} image chunks of the picture (an overview and "
