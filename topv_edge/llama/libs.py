@@ -268,11 +268,8 @@ class LlamaLibs:
         return int(self.mtmd_cpp._libmtmd.mtmd_topv_chunk_n_kept(mctx, model, chunk))
 
     def topv_reason(self, mctx: object) -> str:
-        """The stage's sentence for the last image's result (mtmd_topv_get_reason; "" from builds without it)."""
-        fn = getattr(self.mtmd_cpp._libmtmd, "mtmd_topv_get_reason", None)
-        if fn is None or fn.restype is not ctypes.c_char_p:
-            return ""
-        text = fn(mctx)
+        """The stage's sentence for the last image's result (mtmd_topv_get_reason; "" when it has none)."""
+        text = self.mtmd_cpp._libmtmd.mtmd_topv_get_reason(mctx)
         return text.decode("utf-8", "replace") if text else ""
 
     def topv_result_string(self, result: int) -> str:
@@ -285,13 +282,10 @@ class LlamaLibs:
     def topv_check_model(self, mctx: object, model: object) -> str | None:
         """Why the mmproj does not fit the text model per the stage's layout table (None: it fits).
 
-        mtmd_topv_check_model compares the projector with the text model's architecture and rope type; a build
-        without it (an older patch) skips the check and returns None."""
-        fn = getattr(self.mtmd_cpp._libmtmd, "mtmd_topv_check_model", None)
-        if fn is None or fn.restype is not ctypes.c_int32:
-            return None
+        mtmd_topv_check_model compares the projector with the text model's architecture and rope type, and says
+        when the text model's vocabulary lacks the projector's image markers."""
         reason = ctypes.create_string_buffer(512)
-        if fn(mctx, model, reason, len(reason)) == 0:
+        if self.mtmd_cpp._libmtmd.mtmd_topv_check_model(mctx, model, reason, len(reason)) == 0:
             return None
         return reason.value.decode("utf-8", "replace") or "the stage's layout table refuses this pair"
 
@@ -399,11 +393,8 @@ def load() -> LlamaLibs:
     _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
     _bind(l, "llama_set_n_layer_limit", [vp, ctypes.c_uint32], None)
     _bind(l, "llama_get_n_layer_limit", [vp], ctypes.c_uint32)
-    # optional: newer patches only (the family check skips without it)
-    if hasattr(m, "mtmd_topv_check_model"):
-        _bind(m, "mtmd_topv_check_model", [vp, vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int32)
-    if hasattr(m, "mtmd_topv_get_reason"):
-        _bind(m, "mtmd_topv_get_reason", [vp], ctypes.c_char_p)
+    _bind(m, "mtmd_topv_check_model", [vp, vp, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_int32)
+    _bind(m, "mtmd_topv_get_reason", [vp], ctypes.c_char_p)
 
     log = LlamaLog(verbose=False)
     callback = llama_cpp.llama_log_callback(log)
