@@ -111,8 +111,19 @@ def test_handler_warns_when_an_image_is_decoded_unpruned(models_dir, picture, li
 
     with pytest.warns(TopVFallbackWarning, match=r"image of 64 tokens decoded unpruned: .*n_ubatch.*"
                                                  r"give Llama\(n_batch=\.\.\., n_ubatch=\.\.\.\) of at least 64"):
-        (first, second) = handler_request(models_dir, picture, 32, keep=0.25)
+        (first, second) = handler_request(models_dir, picture, 32, keep=0.25, layer=2, method="topv")  # it probes
     assert not first.pruned and first.n_kept == 64 and "n_ubatch" in first.note and first.encode_ms > 0
+
+
+def test_handler_without_a_probe_prunes_with_a_small_batch(models_dir, picture, libs):
+    import warnings
+
+    from topv_edge.handler import TopVFallbackWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TopVFallbackWarning)
+        (first, second) = handler_request(models_dir, picture, 32, keep=0.25)  # the default: no probe
+    assert first.pruned and second.pruned and first.n_kept == 16
 
 
 def test_handler_refuses_bad_options_at_once(models_dir, libs):
