@@ -24,3 +24,27 @@ def select_topv(*args, **kwargs):
     import topv_edge
 
     return topv_edge.select(*args, **{"method": "topv", **kwargs})
+
+
+def divprune_replay(source: np.ndarray, got_scores: np.ndarray, k: int, atol: float) -> bool:
+    """The native picks replayed on the reference's float64 cosines: each within `atol` of the best available
+    gain. Returns whether every step's best was clear (then the sequences must be identical)."""
+    from topv_edge.pruning import reference
+
+    n = len(source)
+    order = np.argsort(-got_scores, kind="stable")[:k]
+    cos = reference.cosine_matrix(source)
+    gain = reference.distinctiveness(cos)
+    taken = np.zeros(n, dtype=bool)
+    nearest = np.full(n, np.inf)
+    exact = True
+    for t, pick in enumerate(order):
+        g = gain if t == 0 else nearest
+        free = np.flatnonzero(~taken)
+        best = g[free].max()
+        assert g[pick] >= best - atol, (t, pick, g[pick], best)
+        runner_up = np.sort(g[free])[-2] if len(free) > 1 else -np.inf
+        exact &= best - runner_up > 2 * atol
+        taken[pick] = True
+        nearest = np.minimum(nearest, 1.0 - cos[pick])
+    return exact

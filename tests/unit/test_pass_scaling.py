@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import topv_edge
-from helpers.features import random_features, select_topv
+from helpers.features import divprune_replay, random_features, select_topv
 from topv_edge.pruning import reference
 
-COS_ATOL = 1e-5  # as in tests/test_pass_parity.py
+COS_ATOL = 1e-5  # as in tests/unit/test_pass_parity.py
 TRANSPORT = ("topv", "topv_rowsum", "topv_cost", "topv_fcost")
 
 
@@ -66,28 +66,6 @@ def test_distinct_identical_to_reference_on_exact_cosines() -> None:
     np.testing.assert_array_equal(got_scores, want_scores)
 
 
-def _replay(source: np.ndarray, got_scores: np.ndarray, k: int) -> bool:
-    """The native picks replayed on the reference's float64 cosines: each within COS_ATOL of the best available
-    gain. Returns whether every step's best was clear (then the sequences must be identical)."""
-    n = len(source)
-    order = np.argsort(-got_scores, kind="stable")[:k]
-    cos = reference.cosine_matrix(source)
-    gain = reference.distinctiveness(cos)
-    taken = np.zeros(n, dtype=bool)
-    nearest = np.full(n, np.inf)
-    exact = True
-    for t, pick in enumerate(order):
-        g = gain if t == 0 else nearest
-        free = np.flatnonzero(~taken)
-        best = g[free].max()
-        assert g[pick] >= best - COS_ATOL, (t, pick, g[pick], best)
-        runner_up = np.sort(g[free])[-2] if len(free) > 1 else -np.inf
-        exact &= best - runner_up > 2 * COS_ATOL
-        taken[pick] = True
-        nearest = np.minimum(nearest, 1.0 - cos[pick])
-    return exact
-
-
 @pytest.mark.parametrize(("n", "d"), [(576, 2560), (2048, 256), (4000, 64)])
 def test_divprune_matches_reference_gaussian(n: int, d: int) -> None:
     rng = np.random.default_rng(n)
@@ -96,7 +74,7 @@ def test_divprune_matches_reference_gaussian(n: int, d: int) -> None:
     k = topv_edge.keep_count(n, 0.25)
     got, got_scores = select_topv(s, None, grid, k, coords=coords, method="divprune", max_scratch_bytes=0)
     np.testing.assert_array_equal(np.sort(got_scores[got]), np.arange(1, k + 1))
-    if _replay(s, got_scores, k):
+    if divprune_replay(s, got_scores, k, COS_ATOL):
         want, want_scores = select_topv(s, None, grid, k, coords=coords, method="divprune", backend="numba")
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_scores, want_scores)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .demo import COLORS, SHAPES  # the same colours and shapes as the demo task
 from .splits import Example, Splits, accuracy_by_type, example_rng, normalize_answer, read_jsonl  # noqa: F401 (re-exported)
 from .splits import write_examples  # noqa: F401 (re-exported)
 
@@ -45,15 +46,6 @@ SIZE_P = (0.35, 0.3, 0.2, 0.15)
 BOX_P = 0.85                       # share of pictures with a box to read
 INSET = 2.0                        # px between an object's bounding box and its block's edge
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 35, 35),
-    "green": (35, 175, 55),
-    "blue": (40, 75, 230),
-    "yellow": (240, 215, 30),
-    "purple": (150, 50, 210),
-    "cyan": (30, 205, 215),
-}
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 NUMBERS: tuple[str, ...] = ("one", "two", "three")
 CHARS: tuple[str, ...] = ("2", "3", "4", "7", "a", "e", "h", "k")
 KINDS: tuple[str, ...] = ("color", "shape", "count", "left", "above", "read")
