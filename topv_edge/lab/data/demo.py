@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .splits import Example, Splits, accuracy_by_type, example_rng, normalize_answer, read_jsonl  # noqa: F401 (re-exported)
+from .splits import distinct_questions
 from .splits import write_examples  # noqa: F401 (re-exported)
 
 IMAGE_SIZE = 168
@@ -266,16 +267,7 @@ def ask(scene: Scene, rng: np.random.Generator, qtype: str | None = None) -> tup
 
 def ask_many(scene: Scene, rng: np.random.Generator, k: int) -> list[tuple[str, str, str]]:
     """Up to k different questions about one scene (types drawn uniformly, no question twice)."""
-    out: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
-    for _ in range(4 * k):
-        if len(out) == k:
-            break
-        q = ask(scene, rng)
-        if q[0] not in seen:
-            seen.add(q[0])
-            out.append(q)
-    return out
+    return distinct_questions(ask, scene, rng, k)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numpy as np
 
 from .demo import COLORS, SHAPES  # the same colours and shapes as the demo task
 from .splits import Example, Splits, accuracy_by_type, example_rng, normalize_answer, read_jsonl  # noqa: F401 (re-exported)
+from .splits import distinct_questions
 from .splits import write_examples  # noqa: F401 (re-exported)
 
 IMAGE_SIZE = 224
@@ -294,15 +295,7 @@ def ask(scene: Scene, rng: np.random.Generator, kind: str | None = None) -> tupl
 
 def ask_many(scene: Scene, rng: np.random.Generator, k: int) -> list[tuple[str, str, str, tuple[Obj, ...]]]:
     """Up to k different questions about one scene."""
-    out, seen = [], set()
-    for _ in range(4 * k):
-        if len(out) == k:
-            break
-        q = ask(scene, rng)
-        if q[0] not in seen:
-            seen.add(q[0])
-            out.append(q)
-    return out
+    return distinct_questions(ask, scene, rng, k)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -95,3 +95,17 @@ def accuracy_by_type(rows: Sequence[tuple[str, str, str]]) -> dict[str, tuple[in
             c[0] += int(normalize_answer(p) == a)
             c[1] += 1
     return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def distinct_questions(ask, scene, rng, k: int) -> list:
+    """Up to k different questions about one scene: `ask(scene, rng)` drawn up to 4k times, the first k whose
+    question text is new (the answer and what else `ask` returns come with it)."""
+    out, seen = [], set()
+    for _ in range(4 * k):
+        if len(out) == k:
+            break
+        q = ask(scene, rng)
+        if q[0] not in seen:
+            seen.add(q[0])
+            out.append(q)
+    return out
