@@ -26,6 +26,7 @@ targets=(
     test-model-resolution test-opt test-tiled-mulmat
     test-barrier test-quantize-fns test-quantize-perf test-rope test-col2im-1d
     test-mtmd-c-api test-mtmd-impl test-gguf test-alloc
+    ggml-rpc-server test-rpc-multi-server
 )
 # Left out of the main label, by name, because they need the network:
 #   test-tokenizers-ggml-vocabs  clones a vocabulary repository from the Hugging Face hub
