@@ -10,12 +10,14 @@
 #   scripts/build_llama_cpp.sh --print-dir        # print the install directory, build nothing
 #   scripts/build_llama_cpp.sh --print-pristine   # print the unpatched source tree (for making patches)
 #   scripts/build_llama_cpp.sh --backend vulkan   # cpu | vulkan | cuda | metal: one cached build per backend
+#   scripts/build_llama_cpp.sh --libs             # only the libraries (what topv_edge and llama-cpp-python load)
 #   CMAKE_ARGS="-DGGML_BLAS=ON" scripts/build_llama_cpp.sh    # extra CMake flags, passed through
 #
 # --backend defaults to TOPV_EDGE_BACKEND, else what the machine has: metal on macOS, cuda when nvidia-smi
 # lists a GPU, vulkan when vulkaninfo shows a real (not CPU) GPU and glslc is installed, else cpu.
 # Environment: TOPV_EDGE_LLAMA_DIR (install directory; default below), TOPV_EDGE_BACKEND, CMAKE_ARGS, JOBS,
-# TARGETS (the CMake targets; default: the libraries, llama-mtmd-cli, llama-server, llama-quantize, ggml-rpc-server).
+# TARGETS (the CMake targets; default: the libraries, llama-mtmd-cli, llama-server, llama-quantize, ggml-rpc-server;
+# --libs: llama mtmd ggml-rpc). The stamp records the targets built, so a later call for more builds only those.
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -24,6 +26,7 @@ patches=("$repo"/patches/*.patch)
 
 source_dir=""
 print_only=""
+libs_only=""
 backend="${TOPV_EDGE_BACKEND:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,7 +36,8 @@ while [ $# -gt 0 ]; do
         --backend=*) backend="${1#--backend=}"; shift ;;
         --print-dir) print_only=dir; shift ;;
         --print-pristine) print_only=pristine; shift ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --libs) libs_only=1; shift ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build_llama_cpp.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -93,13 +97,32 @@ exec 9>"$prefix/.build.lock"
 flock 9
 
 stamp="$prefix/.built"
-# rpc=on: caches built before the RPC backend was configured rebuild once to get it
-want="commit=$LLAMA_CPP_COMMIT rpc=on patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}${TARGETS:+ targets=$TARGETS}"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+# TARGETS: what to build (the sanitizer build skips llama-quantize, which no test runs under it)
+if [ -n "$libs_only" ]; then default_targets="llama mtmd ggml-rpc"
+else default_targets="llama mtmd ggml-rpc llama-mtmd-cli llama-server llama-quantize ggml-rpc-server"; fi
+read -r -a targets <<< "${TARGETS:-$default_targets}"
+# The stamp: line 1 what the build is made from (rpc=on: caches built before the RPC backend was configured
+# rebuild once to get it), line 2 the targets built from it. Up to date when line 1 matches and every target
+# asked for is on line 2.
+want="commit=$LLAMA_CPP_COMMIT rpc=on patches=$patch_hash native=$native_hash backend=$backend cmake_args=${CMAKE_ARGS:-}"
+built=()
+if [ -f "$stamp" ] && [ "$(sed -n 1p "$stamp")" = "$want" ]; then
+    read -r -a built <<< "$(sed -n 2p "$stamp" | sed 's/^targets=//')"
+fi
+missing=()
+for t in "${targets[@]}"; do  # not built from these sources, or a program that is no longer in bin/
+    case " ${built[*]-} " in
+        *" $t "*) case "$t" in llama|mtmd|ggml-rpc) ;; *) [ -f "$prefix/bin/$t" ] || missing+=("$t") ;; esac ;;
+        *) missing+=("$t") ;;
+    esac
+done
+if [ ${#missing[@]} -eq 0 ]; then
     echo "patched llama.cpp is up to date" >&2
     echo "$prefix"
     exit 0
 fi
+# other sources than the programs in bin/ were built from: drop them, so none stays behind stale
+[ ${#built[@]} -gt 0 ] || rm -f "$prefix"/bin/*
 
 # Patch a fresh copy of the pristine tree, then bring $prefix/src to it file by file: unchanged files keep
 # their timestamps, so the build below recompiles only what the patches changed since the last build.
@@ -125,8 +148,6 @@ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DMTMD_TOPV_NATIVE_DIR="$repo/native" \
     -DGGML_RPC=ON \
     "${backend_args[@]}" ${CMAKE_ARGS:-} >&2
-# TARGETS: what to build (the sanitizer build skips llama-quantize, which no test runs under it)
-read -r -a targets <<< "${TARGETS:-llama mtmd llama-mtmd-cli llama-server llama-quantize ggml-rpc-server}"
 cmake --build "$build" --target "${targets[@]}" -j "${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu)}" >&2
 
 mkdir -p "$prefix/lib" "$prefix/bin"
@@ -134,5 +155,7 @@ find "$build/bin" -maxdepth 1 \( -name 'lib*.so*' -o -name 'lib*.dylib' -o -name
 for t in "${targets[@]}"; do  # the programs among the targets (llama and mtmd are the libraries above)
     if [ -f "$build/bin/$t" ]; then cp "$build/bin/$t" "$prefix/bin/"; fi
 done
-echo "$want" > "$stamp"
+all_built=(${built[@]+"${built[@]}"})
+for t in "${missing[@]}"; do case " ${all_built[*]-} " in *" $t "*) ;; *) all_built+=("$t") ;; esac; done
+printf '%s\ntargets=%s\n' "$want" "${all_built[*]}" > "$stamp"
 echo "$prefix"

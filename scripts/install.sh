@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up in one step: build the TopV-patched llama.cpp once (scripts/build_llama_cpp.sh), then install
+# Set-up in one step: build the TopV-patched llama.cpp's libraries once (scripts/build_llama_cpp.sh --libs), then install
 # topv-edge and its dependencies, with llama-cpp-python taking its libraries from that build instead of
 # compiling a llama.cpp of its own.
 #
@@ -23,7 +23,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-llama_dir=$(bash scripts/build_llama_cpp.sh ${build_args[@]+"${build_args[@]}"})
+# --libs: only what topv_edge loads; llama.cpp's programs (llama-server, llama-mtmd-cli, ...) are built on first
+# use (topv_edge.llama.build.program) or by scripts/build_llama_cpp.sh without --libs
+llama_dir=$(bash scripts/build_llama_cpp.sh --libs ${build_args[@]+"${build_args[@]}"})
 echo "patched llama.cpp: $llama_dir" >&2
 
 # LLAMA_BUILD=OFF: llama-cpp-python's Python bindings only; topv_edge points them at $llama_dir/lib

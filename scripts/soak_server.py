@@ -254,11 +254,9 @@ def print_table(summary: dict[str, Any]) -> None:
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
     from topv_edge.lab.synth import write_pair
-    from topv_edge.llama.build import build_dir
+    from topv_edge.llama.build import program
 
-    binary = build_dir() / "bin" / "llama-server"
-    if not binary.exists():
-        raise SystemExit(f"{binary} missing: run scripts/build_llama_cpp.sh")
+    binary = program("llama-server")
     model, mmproj = write_pair(args.family, "tiny", args.models, seed=0)
     payloads = Payloads(args.max_tokens, args.too_many_images, args.seed)
     plan = payloads.plan(args.requests, args.bad_share, args.warmup, args.seed, args.bad_kinds, args.concurrency)

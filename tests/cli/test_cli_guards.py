@@ -16,14 +16,11 @@ import pytest
 
 from topv_edge.demo import demo_files
 
+from helpers.server import binary  # built on first use
+
 ABORTED = {-signal.SIGABRT, 128 + signal.SIGABRT, 134}
 
 
-def binary(libs, name: str) -> str:
-    path = libs.directory / "bin" / name
-    if not path.exists():
-        pytest.skip(f"{path} is not built (scripts/build_llama_cpp.sh)")
-    return str(path)
 
 
 def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:

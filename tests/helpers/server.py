@@ -19,9 +19,11 @@ def free_port() -> int:
 
 
 def binary(libs, name: str) -> str:
-    path = libs.directory / "bin" / name
-    assert path.exists(), f"{path} missing: run scripts/build_llama_cpp.sh"
-    return str(path)
+    """One of llama.cpp's programs in the build `libs` loads, built on first use (scripts/install.sh builds only
+    the libraries)."""
+    from topv_edge.llama.build import program
+
+    return str(program(name, libs.directory))
 
 
 class LlamaServer:

@@ -191,7 +191,7 @@ def test_unpruned_answer_through_llama_mtmd_cli(models_dir, libs, tmp_path_facto
 
     picture, _ = _picture(tmp_path_factory, family)
     model, mmproj = pair_paths(family, "tiny", models_dir)
-    exe = llama_libs.build_dir() / "bin" / "llama-mtmd-cli"
+    exe = llama_libs.program("llama-mtmd-cli")
     env = dict(os.environ, LD_LIBRARY_PATH=str(llama_libs.build_dir() / "lib"))
     # --jinja: Gemma 4's template is not among llama.cpp's built-in ones (real Gemma 4 GGUFs need it too)
     r = subprocess.run([str(exe), "-m", str(model), "--mmproj", str(mmproj), "--image", str(picture),

@@ -148,7 +148,7 @@ def run_mtmd_cli(models_dir, tmp_path_factory, family: str, *flags: str) -> subp
     from topv_edge.llama import libs as llama_libs
 
     model, mmproj = pair_paths(family, "tiny", models_dir)
-    exe = llama_libs.build_dir() / "bin" / "llama-mtmd-cli"
+    exe = llama_libs.program("llama-mtmd-cli")
     env = dict(os.environ, LD_LIBRARY_PATH=str(llama_libs.build_dir() / "lib"))
     r = subprocess.run([str(exe), "-m", str(model), "--mmproj", str(mmproj), "--image",
                         str(big_picture(tmp_path_factory, family)), "-p", "What is in the picture?", "-n", "2",

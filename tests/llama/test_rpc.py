@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from topv_edge.errors import ChatError, OptionError
+from topv_edge.llama.build import program
 from topv_edge.options import TopVOptions
 from topv_edge.session import VisionChat
 
@@ -52,8 +53,7 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def rpc_servers(libs, tmp_path_factory):
     """Two rpc-servers on the CPU backend, one thread each: their endpoints, and their logs (stdout)."""
-    binary = libs.directory / "bin" / "ggml-rpc-server"
-    assert binary.exists(), f"{binary} missing: run scripts/build_llama_cpp.sh (it builds the RPC backend)"
+    binary = program("ggml-rpc-server", libs.directory)  # llama.cpp's rpc-server, built on first use
     logs = tmp_path_factory.mktemp("rpc")
     procs, endpoints, paths = [], [], []
     try:

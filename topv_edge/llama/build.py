@@ -96,6 +96,39 @@ def stale_build_message(directory: Path, root: Path = REPO_ROOT) -> str | None:
             f"checkout's; rebuild it: bash scripts/build_llama_cpp.sh --backend {backend}")
 
 
+# llama.cpp's programs the build makes besides its libraries (scripts/install.sh builds the libraries alone)
+PROGRAMS = ("llama-mtmd-cli", "llama-server", "llama-quantize", "ggml-rpc-server")
+
+
+def program(name: str, directory: Path | None = None) -> Path:
+    """The path of one of llama.cpp's programs in a build (default: the one topv_edge loads). scripts/install.sh
+    builds only the libraries, so on first use this builds the programs into that build (minutes, once; the
+    build script is incremental and locked per build) with the CMake flags the build was made with."""
+    directory = directory or build_dir()
+    exe = directory / "bin" / name
+    if exe.is_file():
+        return exe
+    script = REPO_ROOT / "scripts" / "build_llama_cpp.sh"
+    if name not in PROGRAMS or not script.is_file():
+        raise LlamaBuildMissing(f"{exe} is missing: build it with scripts/build_llama_cpp.sh of the topv-edge checkout")
+    try:  # line 1 of the stamp ends with the CMake flags the build was configured with
+        first = (directory / ".built").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        first = ""
+    cmake_args = first.split("cmake_args=", 1)[1] if "cmake_args=" in first else os.environ.get("CMAKE_ARGS", "")
+    print(f"building llama.cpp's programs into {directory} (once; a few minutes)...", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if k != "TARGETS"}
+    env.update(TOPV_EDGE_LLAMA_DIR=str(directory), CMAKE_ARGS=cmake_args)
+    import subprocess  # here: build.py runs as a script before install and needs none of this then
+
+    r = subprocess.run(["bash", str(script), "--backend", build_backend(directory)], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0 or not exe.is_file():
+        tail = "\n".join(r.stderr.strip().splitlines()[-15:])
+        raise LlamaBuildMissing(f"building llama.cpp's programs into {directory} failed (exit {r.returncode}):\n{tail}")
+    return exe
+
+
 def point_llama_cpp_at_build() -> None:
     """Make a later `import llama_cpp` load the patched build (if it is built and nothing else is set)."""
     lib_dir = build_dir() / "lib"

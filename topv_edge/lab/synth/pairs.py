@@ -96,9 +96,7 @@ def quantize_model(src: Path, dst: Path, qtype: str, threads: int | None = None)
 
     from ...llama import build as llama_build
 
-    exe = llama_build.build_dir() / "bin" / "llama-quantize"
-    if not exe.is_file():
-        raise ValueError(f"{exe} is missing: build llama.cpp with scripts/build_llama_cpp.sh")
+    exe = llama_build.program("llama-quantize")
     tmp = dst.with_suffix(".tmp")
     env = dict(os.environ, LD_LIBRARY_PATH=str(llama_build.build_dir() / "lib"))
     r = subprocess.run([str(exe), str(src), str(tmp), qtype, str(threads or os.cpu_count() or 1)],
