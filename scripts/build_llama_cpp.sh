@@ -82,7 +82,7 @@ if [ ! -f "$pristine/CMakeLists.txt" ]; then
     sdist="$dl/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
     if [ ! -f "$sdist" ]; then
         echo "downloading llama-cpp-python $LLAMA_CPP_PYTHON_VERSION source (vendors llama.cpp $LLAMA_CPP_COMMIT)..." >&2
-        python -m pip download --quiet --no-deps --no-binary llama-cpp-python --no-build-isolation \
+        python -m pip download --quiet --no-deps --no-binary llama-cpp-python \
             "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$dl" >&2
     fi
     rm -rf "$pristine.tmp" && mkdir -p "$pristine.tmp"
