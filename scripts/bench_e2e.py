@@ -14,6 +14,12 @@ backend, and each row says whether its answer equals the CPU build's.
     python scripts/bench_e2e.py                              # llava-1b and qwen2vl-2b, all keeps, layers 0 and 2
     python scripts/bench_e2e.py --presets llava:1b --repeats 3
     python scripts/bench_e2e.py --backend cpu vulkan --ngl 99 --presets llava:1b --keep 1.0 0.25 --layer 2
+    python scripts/bench_e2e.py --presets qwen3vl:4b:Q4_K_M --image-tokens 1024 4096 --keep 1.0 0.25 --layer 0
+    python scripts/bench_e2e.py --presets gemma3:4b:Q4_K_M --picture-size 896x896 --keep 1.0 0.25
+
+--picture-size sets the picture (one baseline each); --image-tokens asks for about N image tokens instead, for the
+families whose token count follows the picture's size (Qwen2/2.5/3-VL: a square of (patch x merge)-pixel cells,
+within llama.cpp's limit of 4096 tokens). Each row reports the tokens the picture really gave.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ QUESTION = "What is in the picture?"
 
 def measure(model: str, picture: str, keep: float, layer: int, repeats: int, threads: int,
             ngl: int | None = None, mmproj_offload: bool = True, answer_tokens: int = 8,
-            mmproj: str | None = None) -> dict:
+            mmproj: str | None = None, warmup_runs: int = 1) -> dict:
     """Runs in the child process: one configuration."""
     import resource
 
@@ -47,7 +53,7 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
     runs = []
     with VisionChat(model, mmproj, topv=opts, threads=threads, max_tokens=answer_tokens, n_gpu_layers=ngl,
                     mmproj_offload=mmproj_offload) as chat:
-        for _ in range(repeats + 1):  # the first run warms caches and allocations: not counted
+        for _ in range(repeats + warmup_runs):  # the first runs warm caches and allocations: not counted
             chat.reset()
             answer, rep = chat.ask(QUESTION, [picture])  # greedy: the same answer every run, compared across backends
             ims = rep.images  # one chunk, or a tiled picture's overview and tiles: their sums
@@ -59,7 +65,7 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
                          # a tiled picture's overview kept whole by the budget rule counts as pruned with it
                          "pruned": any(im.pruned for im in ims) and all(im.pruned or im.kept_whole for im in ims)})
         device = chat.devices()
-    runs = runs[1:]
+    runs = runs[warmup_runs:]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "pruned"}
     out["pruned"] = all(r["pruned"] for r in runs)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -86,11 +92,11 @@ def backend_env(backend: str) -> dict[str, str]:
 
 def run_child(model: Path, picture: Path, keep: float, layer: int, repeats: int, threads: int,
               backend: str = "cpu", ngl: int | None = None, mmproj_offload: bool = True,
-              mmproj: Path | None = None) -> dict:
+              mmproj: Path | None = None, warmup_runs: int = 1) -> dict:
     code = ("import json, sys; sys.path.insert(0, %r); from bench_e2e import measure; "
-            "print(json.dumps(measure(%r, %r, %r, %r, %r, %r, %r, %r, mmproj=%r)))"
+            "print(json.dumps(measure(%r, %r, %r, %r, %r, %r, %r, %r, mmproj=%r, warmup_runs=%r)))"
             % (str(Path(__file__).parent), str(model), str(picture), keep, layer, repeats, threads, ngl,
-               mmproj_offload, None if mmproj is None else str(mmproj)))
+               mmproj_offload, None if mmproj is None else str(mmproj), warmup_runs))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=backend_env(backend))
     if r.returncode != 0:
         raise SystemExit(f"benchmark child failed ({backend}, {model.name}, keep {keep}, layer {layer}):\n"
@@ -98,7 +104,27 @@ def run_child(model: Path, picture: Path, keep: float, layer: int, repeats: int,
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-RATIO_KEYS = ("image_prefill_ms", "ttft_ms", "kv_cells", "peak_rss_mb")
+RATIO_KEYS = ("encode_ms", "image_prefill_ms", "ttft_ms", "kv_cells", "peak_rss_mb")
+
+
+def picture_size(text: str) -> tuple[int, int]:
+    """argparse type: "WxH" -> (W, H)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a picture size is WxH, e.g. 1024x1024, got {text!r}") from None
+    if w < 16 or h < 16:
+        raise argparse.ArgumentTypeError(f"a picture needs at least 16 x 16 pixels, got {text!r}")
+    return w, h
+
+
+def size_for_tokens(vision, n_tokens: int) -> tuple[int, int]:
+    """The square picture that gives about `n_tokens` image tokens on a Qwen2/2.5/3-VL-style preset, whose
+    preprocessor keeps the picture's size in cells of patch x merge pixels (llama.cpp caps it at 4096 tokens)."""
+    if not vision.projector.startswith("qwen"):
+        raise SystemExit(f"--image-tokens needs a Qwen-VL preset (projector {vision.projector!r}): use --picture-size")
+    side = round(n_tokens ** 0.5) * vision.patch_size * vision.spatial_merge
+    return side, side
 
 
 def bench_presets() -> dict:
@@ -134,7 +160,15 @@ def main() -> int:
     ap.add_argument("--ngl", type=int, default=None,
                     help="text-model layers on the GPU (default: all, as llama.cpp; ignored by the CPU build)")
     ap.add_argument("--no-mmproj-offload", action="store_true", help="run the image encoder on the CPU")
+    ap.add_argument("--picture-size", nargs="+", type=picture_size, default=None, metavar="WxH",
+                    help="the pictures asked about, one baseline each (default 448x448)")
+    ap.add_argument("--image-tokens", nargs="+", type=int, default=None, metavar="N",
+                    help="about N image tokens per picture instead (Qwen2/2.5/3-VL presets: a square picture)")
+    ap.add_argument("--warmup-runs", type=int, default=1,
+                    help="untimed runs before the timed ones, per configuration (0 for the slow large sizes)")
     args = ap.parse_args()
+    if args.picture_size and args.image_tokens:
+        ap.error("give --picture-size or --image-tokens, not both")
 
     from topv_edge.llama import libs as llama_libs
 
@@ -147,44 +181,49 @@ def main() -> int:
 
     synthetic.PRESETS.update(bench_presets())
 
-    picture = args.models / "bench-picture.png"
     args.models.mkdir(parents=True, exist_ok=True)
-    demo_image((448, 448), seed=7).save(picture)
     rows = []
     for spec in args.presets:
         family, preset, *qtype = spec.split(":")  # family:preset[:QTYPE], e.g. qwen3vl:4b:Q4_K_M
         quantize = qtype[0] if qtype else None
+        sizes = args.picture_size or [(448, 448)]
+        if args.image_tokens:
+            sizes = [size_for_tokens(synthetic.PRESETS[(family, preset)].vision, n) for n in args.image_tokens]
         print(f"generating {spec} (once) ...", file=sys.stderr, flush=True)
         model, mmproj = write_pair(family, preset, args.models, seed=0, quantize=quantize)
         preset = f"{preset}-{quantize}" if quantize else preset
-        answers: dict[tuple, str] = {}  # (keep, layer) -> the CPU build's answer
-        for backend in args.backend:
-            base = None
-            for keep in sorted(set(args.keep), reverse=True):
-                for layer in (args.layer if keep < 1.0 else [args.layer[0]]):
-                    print(f"{backend}: {family}/{preset} keep {keep} layer {layer} ...", file=sys.stderr, flush=True)
-                    m = run_child(model, picture, keep, layer, args.repeats, args.threads, backend, args.ngl,
-                                  not args.no_mmproj_offload, mmproj)
-                    if keep >= 1.0:
-                        base = m
-                    row = {"model": f"{family}-{preset}", "backend": backend, "ngl": args.ngl, "keep": keep,
-                           "layer": layer if keep < 1.0 else None, **m}
-                    for k in RATIO_KEYS:
-                        row[k + "_ratio"] = m[k] / base[k] if base and base[k] else None
-                    cfg = (keep, row["layer"])
-                    if backend == "cpu":
-                        answers[cfg] = m["answer"]
-                    row["answer_equals_cpu"] = (m["answer"] == answers[cfg]) if cfg in answers else None
-                    rows.append(row)
+        for w, h in sizes:
+            picture = args.models / f"bench-picture-{w}x{h}.png"
+            demo_image((w, h), seed=7).save(picture)
+            answers: dict[tuple, str] = {}  # (keep, layer) -> the CPU build's answer
+            for backend in args.backend:
+                base = None
+                for keep in sorted(set(args.keep), reverse=True):
+                    for layer in (args.layer if keep < 1.0 else [args.layer[0]]):
+                        print(f"{backend}: {family}/{preset} {w}x{h} keep {keep} layer {layer} ...", file=sys.stderr,
+                              flush=True)
+                        m = run_child(model, picture, keep, layer, args.repeats, args.threads, backend, args.ngl,
+                                      not args.no_mmproj_offload, mmproj, args.warmup_runs)
+                        if keep >= 1.0:
+                            base = m
+                        row = {"model": f"{family}-{preset}", "picture": f"{w}x{h}", "backend": backend,
+                               "ngl": args.ngl, "keep": keep, "layer": layer if keep < 1.0 else None, **m}
+                        for k in RATIO_KEYS:
+                            row[k + "_ratio"] = m[k] / base[k] if base and base[k] else None
+                        cfg = (keep, row["layer"])
+                        if backend == "cpu":
+                            answers[cfg] = m["answer"]
+                        row["answer_equals_cpu"] = (m["answer"] == answers[cfg]) if cfg in answers else None
+                        rows.append(row)
 
-    head = (f"{'model':<14}{'backend':>8}{'keep':>6}{'layer':>6}{'tokens':>9}{'encode':>9}{'probe':>8}{'pass':>7}"
+    head = (f"{'model':<14}{'picture':>10}{'backend':>8}{'keep':>6}{'layer':>6}{'tokens':>9}{'encode':>9}{'probe':>8}{'pass':>7}"
             f"{'decode':>8}{'img prefill':>13}{'ratio':>7}{'TTFT':>9}{'ratio':>7}{'KV cells':>10}{'ratio':>7}"
             f"{'RSS MB':>8}{'ratio':>7}{'= CPU':>7}")
     print(head)
     for r in rows:
         layer = "-" if r["layer"] is None else str(r["layer"])
         same = {True: "yes", False: "NO", None: "-"}[r["answer_equals_cpu"]]
-        print(f"{r['model']:<14}{r['backend']:>8}{r['keep']:>6.2f}{layer:>6}{r['kept_tokens']:>4.0f}/{r['image_tokens']:<4.0f}"
+        print(f"{r['model']:<14}{r.get('picture', '448x448'):>10}{r['backend']:>8}{r['keep']:>6.2f}{layer:>6}{r['kept_tokens']:>4.0f}/{r['image_tokens']:<4.0f}"
               f"{r['encode_ms']:>9.0f}{r['probe_ms']:>8.0f}{r['pass_ms']:>7.1f}{r['decode_ms']:>8.0f}"
               f"{r['image_prefill_ms']:>13.0f}{r['image_prefill_ms_ratio']:>7.2f}{r['ttft_ms']:>9.0f}"
               f"{r['ttft_ms_ratio']:>7.2f}{r['kv_cells']:>10.0f}{r['kv_cells_ratio']:>7.2f}"
@@ -205,7 +244,12 @@ def plot(rows: list[dict], path: Path) -> None:
     for each probe layer. Pillow only (no plotting dependency)."""
     from PIL import Image, ImageDraw
 
-    label = lambda r: r["model"] if r.get("backend", "cpu") == "cpu" else f"{r['model']} {r['backend']}"  # noqa: E731
+    pictures = {r.get("picture") for r in rows}
+
+    def label(r: dict) -> str:  # one panel per model, and per picture and backend when the run has several
+        name = r["model"] + (f" {r['picture']}" if len(pictures) > 1 else "")
+        return name if r.get("backend", "cpu") == "cpu" else f"{name} {r['backend']}"
+
     models = list(dict.fromkeys(label(r) for r in rows))
     layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
     colours = ["#c0392b", "#2471a3", "#229954", "#7d3c98"]
