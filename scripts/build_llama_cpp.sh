@@ -150,10 +150,23 @@ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     "${backend_args[@]}" ${CMAKE_ARGS:-} >&2
 cmake --build "$build" --target "${targets[@]}" -j "${JOBS:-$(nproc 2>/dev/null || sysctl -n hw.ncpu)}" >&2
 
+# Install by rename, and only what changed: a process may have these libraries mapped right now (the tests
+# build the programs on first use from inside a process that loaded the libraries), and overwriting a mapped
+# file in place crashes it; a rename leaves it the old file.
+install_file() {  # SRC DIR
+    local dst="$2/$(basename "$1")"
+    if [ -L "$1" ]; then
+        [ "$(readlink "$1")" = "$(readlink "$dst" 2>/dev/null)" ] && return 0
+    elif [ -f "$dst" ] && [ ! -L "$dst" ] && cmp -s "$1" "$dst"; then
+        return 0
+    fi
+    cp -P "$1" "$dst.tmp.$$" && mv -f "$dst.tmp.$$" "$dst"
+}
 mkdir -p "$prefix/lib" "$prefix/bin"
-find "$build/bin" -maxdepth 1 \( -name 'lib*.so*' -o -name 'lib*.dylib' -o -name '*.dll' \) -exec cp -P {} "$prefix/lib/" \;
+while IFS= read -r -d '' f; do install_file "$f" "$prefix/lib"; done \
+    < <(find "$build/bin" -maxdepth 1 \( -name 'lib*.so*' -o -name 'lib*.dylib' -o -name '*.dll' \) -print0)
 for t in "${targets[@]}"; do  # the programs among the targets (llama and mtmd are the libraries above)
-    if [ -f "$build/bin/$t" ]; then cp "$build/bin/$t" "$prefix/bin/"; fi
+    if [ -f "$build/bin/$t" ]; then install_file "$build/bin/$t" "$prefix/bin"; fi
 done
 all_built=(${built[@]+"${built[@]}"})
 for t in "${missing[@]}"; do case " ${all_built[*]-} " in *" $t "*) ;; *) all_built+=("$t") ;; esac; done
