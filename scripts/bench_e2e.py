@@ -77,6 +77,7 @@ def measure(model: str, picture: str, keep: float, layer: int, repeats: int, thr
 
 def backend_env(backend: str) -> dict[str, str]:
     """The environment of a child on `backend`'s build (Vulkan: llvmpipe visible, Mesa shader cache kept)."""
+    from topv_edge.llama import build as llama_build
     from topv_edge.llama import libs as llama_libs
 
     env = {k: v for k, v in os.environ.items() if k not in ("TOPV_EDGE_LLAMA_DIR", "LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
@@ -86,7 +87,7 @@ def backend_env(backend: str) -> dict[str, str]:
                                          *filter(None, [os.environ.get("PYTHONPATH")])])
     if backend == "vulkan":
         env.setdefault("GGML_VK_VISIBLE_DEVICES", "0")  # ggml-vulkan hides CPU-type devices (llvmpipe) otherwise
-        env.setdefault("MESA_SHADER_CACHE_DIR", str(llama_libs.backend_build_dir("vulkan") / "mesa-shader-cache"))
+        env.setdefault("MESA_SHADER_CACHE_DIR", str(llama_build.backend_build_dir("vulkan") / "mesa-shader-cache"))
     return env
 
 
@@ -170,10 +171,10 @@ def main() -> int:
     if args.picture_size and args.image_tokens:
         ap.error("give --picture-size or --image-tokens, not both")
 
-    from topv_edge.llama import libs as llama_libs
+    from topv_edge.llama import build as llama_build
 
     for b in args.backend:
-        if not (llama_libs.backend_build_dir(b) / "lib").is_dir():
+        if not (llama_build.backend_build_dir(b) / "lib").is_dir():
             raise SystemExit(f"the {b} build of llama.cpp is absent: bash scripts/build_llama_cpp.sh --backend {b}")
 
     from topv_edge.lab import synth as synthetic
