@@ -62,7 +62,8 @@ case "$backend" in
 esac
 
 # The cache layout and the sources' hashes have one definition, topv_edge/llama/build.py (stdlib only): it sets
-# llama_cpp_commit, cache_root, prefix (TOPV_EDGE_LLAMA_DIR, else the backend's directory), patch_hash, native_hash
+# llama_cpp_commit, cache_root, prefix (TOPV_EDGE_LLAMA_DIR, else the backend's directory), patch_hash, native_hash,
+# library_targets and program_targets
 eval "$(python3 "$repo/topv_edge/llama/build.py" shell --backend "$backend")"
 LLAMA_CPP_COMMIT=$llama_cpp_commit
 pristine="${source_dir:-$cache_root/llama.cpp-$LLAMA_CPP_COMMIT-pristine}"
@@ -98,8 +99,8 @@ flock 9
 
 stamp="$prefix/.built"
 # TARGETS: what to build (the sanitizer build skips llama-quantize, which no test runs under it)
-if [ -n "$libs_only" ]; then default_targets="llama mtmd ggml-rpc"
-else default_targets="llama mtmd ggml-rpc llama-mtmd-cli llama-server llama-quantize ggml-rpc-server"; fi
+default_targets="$library_targets"
+[ -n "$libs_only" ] || default_targets="$library_targets $program_targets"
 read -r -a targets <<< "${TARGETS:-$default_targets}"
 # The stamp: line 1 what the build is made from (rpc=on: caches built before the RPC backend was configured
 # rebuild once to get it), line 2 the targets built from it. Up to date when line 1 matches and every target
@@ -112,7 +113,7 @@ fi
 missing=()
 for t in "${targets[@]}"; do  # not built from these sources, or a program that is no longer in bin/
     case " ${built[*]-} " in
-        *" $t "*) case "$t" in llama|mtmd|ggml-rpc) ;; *) [ -f "$prefix/bin/$t" ] || missing+=("$t") ;; esac ;;
+        *" $t "*) case " $library_targets " in *" $t "*) ;; *) [ -f "$prefix/bin/$t" ] || missing+=("$t") ;; esac ;;
         *) missing+=("$t") ;;
     esac
 done

@@ -21,8 +21,6 @@ from helpers.server import binary  # built on first use
 ABORTED = {-signal.SIGABRT, 128 + signal.SIGABRT, 134}
 
 
-
-
 def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
 

@@ -26,7 +26,10 @@ def select_topv(*args, **kwargs):
     return topv_edge.select(*args, **{"method": "topv", **kwargs})
 
 
-def divprune_replay(source: np.ndarray, got_scores: np.ndarray, k: int, atol: float) -> bool:
+COS_ATOL = 1e-5  # cosine similarities from the native float32 Gram kernel vs the reference's float64 sums
+
+
+def divprune_replay(source: np.ndarray, got_scores: np.ndarray, k: int, atol: float = COS_ATOL) -> bool:
     """The native picks replayed on the reference's float64 cosines: each within `atol` of the best available
     gain. Returns whether every step's best was clear (then the sequences must be identical)."""
     from topv_edge.pruning import reference

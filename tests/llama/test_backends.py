@@ -284,6 +284,15 @@ def test_a_build_of_other_sources_is_named_with_its_rebuild_command(tmp_path):
     assert msg and "bash scripts/build_llama_cpp.sh --backend vulkan" in msg
 
 
+def test_the_stamp_keeps_cmake_flags_with_spaces_and_the_targets_built(tmp_path):
+    (tmp_path / ".built").write_text("commit=c rpc=on patches=p native=n backend=cuda cmake_args=-DA=1 -DB=two words\n"
+                                     "targets=llama mtmd ggml-rpc llama-server\n")
+    stamp = llama_build.read_stamp(tmp_path)
+    assert stamp["backend"] == "cuda" and stamp["cmake_args"] == "-DA=1 -DB=two words"
+    assert stamp["targets"].split() == ["llama", "mtmd", "ggml-rpc", "llama-server"] and "-DB" not in stamp
+    assert llama_build.read_stamp(tmp_path / "absent") == {} and llama_build.build_backend(tmp_path / "absent") == "cpu"
+
+
 def test_the_build_script_and_python_agree_on_the_source_hashes_and_directories():
     """build_llama_cpp.sh writes the stamp that stale_build_message() compares: the same hashes, the same paths."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "build_llama_cpp.sh"

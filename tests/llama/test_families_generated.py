@@ -14,6 +14,7 @@ from topv_edge.lab.synth import FAMILIES as WRITER_FAMILIES, TILED_FAMILIES
 from topv_edge.lab.synth import ImageLayout, demo_image, image_layout, pair_paths, preset_config
 
 from helpers.families import GENERATED_FAMILIES
+from helpers.server import binary
 
 THREADS = 2
 # a non-square picture for every family; pixtral has one token per 16 px patch, so a smaller one
@@ -187,12 +188,10 @@ def test_unpruned_answer_through_vision_chat(models_dir, libs, tmp_path_factory,
 
 @pytest.mark.parametrize("family", GENERATED_FAMILIES)
 def test_unpruned_answer_through_llama_mtmd_cli(models_dir, libs, tmp_path_factory, family):
-    from topv_edge.llama import libs as llama_libs
-
     picture, _ = _picture(tmp_path_factory, family)
     model, mmproj = pair_paths(family, "tiny", models_dir)
-    exe = llama_libs.program("llama-mtmd-cli")
-    env = dict(os.environ, LD_LIBRARY_PATH=str(llama_libs.build_dir() / "lib"))
+    exe = binary(libs, "llama-mtmd-cli")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libs.directory / "lib"))
     # --jinja: Gemma 4's template is not among llama.cpp's built-in ones (real Gemma 4 GGUFs need it too)
     r = subprocess.run([str(exe), "-m", str(model), "--mmproj", str(mmproj), "--image", str(picture),
                         "-p", "What is in the picture?", "-n", "4", "--temp", "0", "-t", str(THREADS), "--jinja",

@@ -16,6 +16,8 @@ import pytest
 from topv_edge.options import DEFAULT_OVERVIEW_WEIGHT
 from topv_edge.lab.synth import TILED_FAMILIES, PictureChunk, demo_image, pair_paths, picture_chunks, preset_config
 
+from helpers.server import binary
+
 THREADS = 2
 TILED = sorted(TILED_FAMILIES)
 
@@ -143,13 +145,11 @@ def test_unpruned_tiled_answer_through_vision_chat(tiled_models_dir, libs, tmp_p
     assert all(im.n_kept == im.n_tokens and not im.pruned for im in report.images)
 
 
-def run_mtmd_cli(models_dir, tmp_path_factory, family: str, *flags: str) -> subprocess.CompletedProcess:
+def run_mtmd_cli(libs, models_dir, tmp_path_factory, family: str, *flags: str) -> subprocess.CompletedProcess:
     """llama-mtmd-cli of the patched build, one question about the family's big picture, greedy (exit code checked)."""
-    from topv_edge.llama import libs as llama_libs
-
     model, mmproj = pair_paths(family, "tiny", models_dir)
-    exe = llama_libs.program("llama-mtmd-cli")
-    env = dict(os.environ, LD_LIBRARY_PATH=str(llama_libs.build_dir() / "lib"))
+    exe = binary(libs, "llama-mtmd-cli")
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libs.directory / "lib"))
     r = subprocess.run([str(exe), "-m", str(model), "--mmproj", str(mmproj), "--image",
                         str(big_picture(tmp_path_factory, family)), "-p", "What is in the picture?", "-n", "2",
                         "--temp", "0", "-t", str(THREADS), "--jinja", "--no-warmup", "-c", "4096", "-b", "1024",
@@ -160,7 +160,7 @@ def run_mtmd_cli(models_dir, tmp_path_factory, family: str, *flags: str) -> subp
 
 @pytest.mark.parametrize("family", TILED)
 def test_unpruned_tiled_answer_through_llama_mtmd_cli(tiled_models_dir, libs, tmp_path_factory, family):
-    r = run_mtmd_cli(tiled_models_dir, tmp_path_factory, family)
+    r = run_mtmd_cli(libs, tiled_models_dir, tmp_path_factory, family)
     # mtmd encoded every chunk of the picture (overview and tiles), the same chunks as the Python side's tokenising
     batches = re.findall(r"encoding mtmd batch, n_chunks = (\d+)", r.stdout + r.stderr)
     assert sum(map(int, batches)) == len(EXPECTED[family]), (r.stdout + r.stderr)[-2000:]
@@ -399,9 +399,7 @@ def test_lfm2_small_picture_is_one_chunk_with_its_grid_row_major(tiled_models_di
 @pytest.mark.parametrize("family", TILED)
 def test_llama_mtmd_cli_prunes_every_chunk_of_the_picture(tiled_models_dir, libs, tmp_path_factory, family):
     """llama-mtmd-cli goes through the same stage: one log line per image chunk, each pruned with its share."""
-    import re
-
-    r = run_mtmd_cli(tiled_models_dir, tmp_path_factory, family, "--topv-keep", "0.25")
+    r = run_mtmd_cli(libs, tiled_models_dir, tmp_path_factory, family, "--topv-keep", "0.25")
     pruned = re.findall(r"topv: (tile \((\d+), (\d+)\)|overview).*?: (\d+) tokens -> (\d+) kept", r.stderr)
     whole = re.findall(r"topv: overview, chunk \d+/\d+ of a \d+-token picture, of (\d+) tokens decoded unpruned "
                        r"\(its share of the picture's budget covers all", r.stderr)

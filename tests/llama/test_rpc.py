@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from topv_edge.errors import ChatError, OptionError
-from topv_edge.llama.build import program
 from topv_edge.options import TopVOptions
 from topv_edge.session import VisionChat
 
+from helpers.server import binary
 from helpers.stage import QUESTION
 
 REPO = Path(__file__).parents[2]
@@ -53,7 +53,7 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def rpc_servers(libs, tmp_path_factory):
     """Two rpc-servers on the CPU backend, one thread each: their endpoints, and their logs (stdout)."""
-    binary = program("ggml-rpc-server", libs.directory)  # llama.cpp's rpc-server, built on first use
+    rpc_server = binary(libs, "ggml-rpc-server")  # llama.cpp's rpc-server, built on first use
     logs = tmp_path_factory.mktemp("rpc")
     procs, endpoints, paths = [], [], []
     try:
@@ -61,7 +61,7 @@ def rpc_servers(libs, tmp_path_factory):
             port = free_port()
             paths.append(logs / f"rpc{k}.log")
             with open(paths[-1], "wb") as log:
-                procs.append(subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", "1", "-d", "CPU"],
+                procs.append(subprocess.Popen([rpc_server, "-H", "127.0.0.1", "-p", str(port), "-t", "1", "-d", "CPU"],
                                               stdout=log, stderr=subprocess.STDOUT))
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while not listening(port):

@@ -46,12 +46,10 @@ def test_llama_server_survives_a_soak_with_bad_inputs(soak):
 def test_llama_server_memory_stays_flat_after_warm_up(soak):
     """No leak: after a warm-up whose last requests send each bad kind 4 at a time (the pictures of a request
     refused for having too many are what raises glibc's retained high-water mark), the RSS grows < 5 % over the
-    250 requests after it, and it levels off (no tenth of the run adds more than 2 % of the baseline). The soak
+    250 requests after it, and it levels off (no tenth of the run raises the high-water mark by 2 % of the
+    baseline). The soak
     runs the server with MALLOC_ARENA_MAX=2 (scripts/soak_server.py says why)."""
     code, summary, _ = soak
-    rss = summary["rss"]
-    assert summary["config"]["malloc_arena_max"] == 2
-    assert summary["checks"]["rss_growth_under_bound"], rss
-    steps = [b - a for a, b in zip([rss["after_warmup_kb"], *rss["samples_kb"]], rss["samples_kb"])]
-    assert len(steps) == 10 and max(steps) < 0.02 * rss["after_warmup_kb"], rss
+    assert summary["config"]["malloc_arena_max"] == 2 and len(summary["rss"]["samples_kb"]) == 10
+    assert summary["checks"]["rss_growth_under_bound"] and summary["checks"]["rss_levels_off"], summary["rss"]
     assert code == 0

@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 
 import topv_edge
-from helpers.features import divprune_replay, random_features, select_topv
+from helpers.features import COS_ATOL, divprune_replay, random_features, select_topv
 from topv_edge.pruning import BASELINES, READOUTS
 
 
 SCORE_RTOL = 2e-6  # per unit of alpha / eps
-COS_ATOL = 1e-5    # cosine similarities from the float32 Gram kernel vs float64 sums
 TRANSPORT = sorted(READOUTS)
 
 SIZES_N = [1, 2, 3, 5, 16, 49, 64, 100, 144, 576, 1024, 2304, 4096]

@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 
 import topv_edge
-from helpers.features import divprune_replay, random_features, select_topv
+from helpers.features import COS_ATOL, divprune_replay, random_features, select_topv
 from topv_edge.pruning import reference
 
-COS_ATOL = 1e-5  # as in tests/unit/test_pass_parity.py
 TRANSPORT = ("topv", "topv_rowsum", "topv_cost", "topv_fcost")
 
 

@@ -55,16 +55,25 @@ def build_dir(backend: str | None = None) -> Path:
     return backend_build_dir(backend or os.environ.get("TOPV_EDGE_BACKEND") or installed_backend() or "cpu")
 
 
+def read_stamp(directory: Path) -> dict[str, str]:
+    """A build's stamp (written by scripts/build_llama_cpp.sh): line 1 what it was built from, as key=value words
+    ending with cmake_args=, whose value is the rest of the line (CMake flags hold spaces); line 2 targets=, the
+    CMake targets built from it. {} when there is no stamp."""
+    try:
+        lines = (directory / ".built").read_text().splitlines()
+    except OSError:
+        return {}
+    first, _, cmake_args = (lines[0] if lines else "").partition(" cmake_args=")
+    stamp = dict(w.split("=", 1) for w in first.split() if "=" in w)
+    stamp["cmake_args"] = cmake_args
+    if len(lines) > 1 and lines[1].startswith("targets="):
+        stamp["targets"] = lines[1].removeprefix("targets=")
+    return stamp
+
+
 def build_backend(directory: Path) -> str:
     """The backend a build was made for, from its stamp (builds before the --backend option: cpu)."""
-    try:
-        stamp = (directory / ".built").read_text().split()
-    except OSError:
-        return "cpu"
-    for word in stamp:
-        if word.startswith("backend="):
-            return word.split("=", 1)[1]
-    return "cpu"
+    return read_stamp(directory).get("backend", "cpu")
 
 
 def source_hashes(root: Path = REPO_ROOT) -> tuple[str, str] | None:
@@ -85,18 +94,17 @@ def stale_build_message(directory: Path, root: Path = REPO_ROOT) -> str | None:
     """Why the build in `directory` does not match the patches/ and native/ of the checkout at `root` (None: it
     does, or the sources or the stamp are not there to compare)."""
     hashes = source_hashes(root)
-    try:
-        stamp = dict(w.split("=", 1) for w in (directory / ".built").read_text().split() if "=" in w)
-    except OSError:
-        return None
-    if hashes is None or (stamp.get("patches"), stamp.get("native")) == hashes:
+    stamp = read_stamp(directory)
+    if not stamp or hashes is None or (stamp.get("patches"), stamp.get("native")) == hashes:
         return None
     backend = build_backend(directory)
     return (f"the patched llama.cpp in {directory} was built from other patches/ or native/ sources than this "
             f"checkout's; rebuild it: bash scripts/build_llama_cpp.sh --backend {backend}")
 
 
-# llama.cpp's programs the build makes besides its libraries (scripts/install.sh builds the libraries alone)
+# The CMake targets of a build: the libraries the package loads (scripts/install.sh builds these alone, with
+# build_llama_cpp.sh --libs), and llama.cpp's programs, which program() builds on first use.
+LIBRARY_TARGETS = ("llama", "mtmd", "ggml-rpc")
 PROGRAMS = ("llama-mtmd-cli", "llama-server", "llama-quantize", "ggml-rpc-server")
 
 
@@ -111,11 +119,8 @@ def program(name: str, directory: Path | None = None) -> Path:
     script = REPO_ROOT / "scripts" / "build_llama_cpp.sh"
     if name not in PROGRAMS or not script.is_file():
         raise LlamaBuildMissing(f"{exe} is missing: build it with scripts/build_llama_cpp.sh of the topv-edge checkout")
-    try:  # line 1 of the stamp ends with the CMake flags the build was configured with
-        first = (directory / ".built").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        first = ""
-    cmake_args = first.split("cmake_args=", 1)[1] if "cmake_args=" in first else os.environ.get("CMAKE_ARGS", "")
+    stamp = read_stamp(directory)  # build with the CMake flags the build was configured with
+    cmake_args = stamp["cmake_args"] if stamp else os.environ.get("CMAKE_ARGS", "")
     print(f"building llama.cpp's programs into {directory} (once; a few minutes)...", file=sys.stderr, flush=True)
     env = {k: v for k, v in os.environ.items() if k != "TARGETS"}
     env.update(TOPV_EDGE_LLAMA_DIR=str(directory), CMAKE_ARGS=cmake_args)
@@ -138,7 +143,8 @@ def point_llama_cpp_at_build() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`shell --backend B`: the build script's variables (commit, cache root, prefix, source hashes) as shell lines."""
+    """`shell --backend B`: the build script's variables (commit, cache root, prefix, source hashes, the targets)
+    as shell lines."""
     ap = argparse.ArgumentParser(prog="build.py", description=main.__doc__)
     ap.add_argument("what", choices=["shell"])
     ap.add_argument("--backend", choices=BACKENDS, required=True)
@@ -152,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prefix='{build_dir(args.backend)}'")
     print(f"patch_hash={hashes[0]}")
     print(f"native_hash={hashes[1]}")
+    print(f"library_targets='{' '.join(LIBRARY_TARGETS)}'")
+    print(f"program_targets='{' '.join(PROGRAMS)}'")
     return 0
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ChatError, LlamaBuildMissing
 from ..pruning.native import TopVParams
-from .build import build_backend, build_dir, program, stale_build_message
+from .build import build_backend, build_dir, stale_build_message
 
 # --- the structs the patch adds to mtmd.h ------------------------------------------------------
 
