@@ -245,6 +245,14 @@ int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const llama_model * mod
     return (int32_t) k + (int32_t) layout.always_kept.size();
 }
 
+bool mtmd_topv_probes(const mtmd_context * ctx) {
+    if (!ctx) {
+        return false;
+    }
+    const mtmd_topv_params & prm = mtmd_topv_state_of(ctx)->params;
+    return prm.enabled && (prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET));
+}
+
 struct mtmd_topv_stats mtmd_topv_get_stats(const mtmd_context * ctx) {
     return ctx ? mtmd_topv_state_of(ctx)->stats : mtmd_topv_stats{};
 }
@@ -507,7 +515,7 @@ static bool topv_plan(mtmd_topv_state & st, topv_chunk_job & job, const mtmd_top
     // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
     // (the image prefill is then the kept decode alone, the unpruned image never needs a cell or a whole batch,
     // and there is no target buffer)
-    job.probed = prm.layer > 0 || (topv_method_reads(prm.pass.method) & TOPV_READS_TARGET);
+    job.probed = mtmd_topv_probes(job.ctx);
     const uint32_t n_ubatch = llama_n_ubatch(job.lctx), n_batch = llama_n_batch(job.lctx);
     if (job.probed && ((int32_t) n_ubatch < job.n_tokens || (int32_t) n_batch < job.n_tokens)) {
         return topv_decline(st, MTMD_TOPV_UBATCH_TOO_SMALL, "the image has " + std::to_string(job.n_tokens) +

@@ -111,6 +111,10 @@ MTMD_API const char * mtmd_topv_chunk_role_name(int32_t role);
 // image. For callers that size the KV cache before decoding (the probe still needs the whole chunk for a moment).
 MTMD_API int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const struct llama_model * model,
                                         const mtmd_input_chunk * chunk);
+// true when the stage decodes an image whole before pruning it (the probe: a layer above 0, or a method that reads
+// the layer's output): for that moment the KV cache holds every token of the image, and the image must fit one
+// ubatch (otherwise it is decoded unpruned). False when pruning is off or no probe runs (the default).
+MTMD_API bool mtmd_topv_probes(const mtmd_context * ctx);
 MTMD_API struct mtmd_topv_stats mtmd_topv_get_stats(const mtmd_context * ctx);
 // the sentence that explains the last image's result (the layout table's reason when it declined), never NULL
 MTMD_API const char * mtmd_topv_get_reason(const mtmd_context * ctx);

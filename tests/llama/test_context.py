@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from topv_edge.lab.synth import demo_image, pair_paths
+from topv_edge.llama.stage import configure_topv
+from topv_edge.pruning import native
 from topv_edge.options import TopVOptions
 from topv_edge.session import VisionChat
 
@@ -52,3 +54,19 @@ def test_a_probing_method_still_gets_room_for_its_probe(models_dir, big_picture,
     (image,) = report.images
     assert image.pruned and image.n_kept == 1024 and image.probe_ms > 0
     assert report.n_ctx >= image.n_tokens  # the probe holds the whole picture for a moment
+
+
+def test_the_stage_and_the_options_agree_on_when_a_probe_runs(models_dir, libs):
+    """The context is sized before the stage exists (TopVOptions.probes); llama-server asks the stage
+    (mtmd_topv_probes). Both must say the same for every method and layer."""
+    model, mmproj = pair_paths("qwen3vl", "tiny", models_dir)
+    with VisionChat(model, mmproj, topv=TopVOptions(), threads=2) as chat:
+        seen = set()
+        for method in native.METHODS:
+            for layer in (0, 1):
+                for enabled in (True, False):
+                    options = TopVOptions(enabled=enabled, keep=0.25, layer=layer, method=method)
+                    configure_topv(libs, chat.mctx, options, threads=2)
+                    assert libs.topv_probes(chat.mctx) == options.probes, options
+                    seen.add(options.probes)
+    assert seen == {True, False}

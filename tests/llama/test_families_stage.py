@@ -77,16 +77,6 @@ def expected_grid(family: str, picture: Path) -> tuple[int, int]:
     return lay.nx, lay.ny
 
 
-
-
-
-
-
-
-
-
-
-
 def image_chunk_facts(chat: VisionChat, picture: Path) -> dict:
     """Where the image sits in the prompt: text tokens before it, its token count, grid and mtmd positions."""
     M = chat.mtmd
@@ -104,8 +94,6 @@ def image_chunk_facts(chat: VisionChat, picture: Path) -> dict:
     finally:
         M.mtmd_input_chunks_free(chunks)
     raise AssertionError("no image chunk")
-
-
 
 
 # --- the tests ---------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from helpers.server import LlamaServer, binary
 from helpers.stage import QUESTION, allow_position_gaps, decode_text_chunk
 
 
-
 def session(models_dir: Path, family: str, **topv) -> VisionChat:
     return VisionChat(models_dir / f"{family}-tiny.gguf", topv=TopVOptions(**topv), threads=2, max_tokens=8)
 
@@ -104,8 +103,6 @@ def test_pruned_logits_equal_a_manual_decode_of_the_kept_tokens_at_their_positio
     np.testing.assert_allclose(manual["original"], stage["original"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(manual["renumbered"], stage["renumbered"], rtol=1e-5, atol=1e-5)
     assert not np.allclose(manual["renumbered"], stage["original"], rtol=1e-3, atol=1e-3)
-
-
 
 
 def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray, renumber: bool) -> np.ndarray:

@@ -7,6 +7,9 @@
   400, not 500.
 - patches/42-server-topv-report.patch: `timings` reports the image tokens before and after pruning, and the server
   logs its `topv: pruning images ...` line at the default verbosity.
+- patches/43-server-kept-cells.patch: the slot admits a prompt, and generates, by the KV cells it takes (a pruned
+  image: its kept tokens), not by its unpruned tokens: 4 pictures of 64 tokens fit `-c 256` at keep 0.25, and the
+  answer is the one a context large enough for the unpruned pictures gives.
 
 A real llama-server on 127.0.0.1 with a tiny generated LLaVA pair (64 tokens per picture), one slot.
 """
@@ -27,9 +30,9 @@ N_IMAGE = 64  # llava tiny: an 8 x 8 grid per picture
 class Server(LlamaServer):
     """llama-server on the tiny llava pair, one slot."""
 
-    def __init__(self, libs, models_dir: Path, log_path: Path, *flags: str) -> None:
+    def __init__(self, libs, models_dir: Path, log_path: Path, *flags: str, n_ctx: int = 2048) -> None:
         super().__init__(libs, models_dir / "llava-tiny.gguf", models_dir / "mmproj-llava-tiny.gguf", log_path,
-                         "-np", "1", *flags)
+                         "-np", "1", *flags, n_ctx=n_ctx)
 
 
 @pytest.fixture(scope="module", params=["stock", "topv"])
@@ -100,3 +103,68 @@ def test_the_pruning_line_is_logged_at_the_default_verbosity(server):
         assert len(lines) == 1 and "0.25 of their tokens at layer 0 (divprune)" in lines[0], lines
     else:
         assert lines == []
+
+
+def four_pictures() -> list[dict]:
+    return [image(11), image(12), image(13), image(14), text("Which is brightest?")]
+
+
+@pytest.fixture(scope="module")
+def small_context_server(models_dir, libs, tmp_path_factory, server):
+    """A second server of the same kind with a context too small for the four unpruned pictures (4 x 64 tokens)."""
+    flags = ["--topv-keep", "0.25"] if server.pruning else []
+    s = Server(libs, models_dir, tmp_path_factory.mktemp("server-small") / "server.log", *flags, n_ctx=SMALL_CTX)
+    yield s
+    s.close()
+
+
+SMALL_CTX = 256  # < 4 x 64 image tokens + the text; > 4 x 16 kept + the text
+
+
+def test_a_prompt_is_admitted_by_the_cells_it_takes(server, small_context_server):
+    status, reply = small_context_server.chat(four_pictures(), cache_prompt=False)
+    if not server.pruning:  # stock: the unpruned pictures do not fit, and the error says so, as upstream words it
+        assert status == 400, (status, reply)
+        assert f"exceeds the available context size ({SMALL_CTX} tokens)" in reply["error"]["message"], reply
+        assert "KV cells" not in reply["error"]["message"]
+        return
+    assert status == 200, (status, reply)
+    t = reply["timings"]
+    assert (t["image_tokens"], t["image_tokens_kept"]) == (4 * N_IMAGE, 4 * N_IMAGE // 4), t
+    assert t["prompt_n"] > SMALL_CTX  # the prompt's tokens (positions) are more than the context holds
+    # the same answer as a context with room for the unpruned pictures
+    status, large = server.chat(four_pictures(), cache_prompt=False)
+    assert status == 200, large
+    assert reply["choices"][0]["message"]["content"] == large["choices"][0]["message"]["content"]
+
+
+def test_generation_runs_until_the_cells_fill_the_context(server, small_context_server):
+    """A pruned prompt generates as a text prompt of as many tokens as it takes cells would: to the context's end."""
+    def generate(content) -> dict:
+        status, reply = small_context_server.chat(content, cache_prompt=False, max_tokens=SMALL_CTX, ignore_eos=True)
+        assert status == 200, (status, reply)
+        assert reply["choices"][0]["finish_reason"] == "length", reply["choices"][0]  # not an error
+        return reply
+
+    # upstream's rule for text: n_ctx - prompt tokens (the last token is sampled, not decoded)
+    reply = generate("Count the shapes, then count them again.")
+    assert reply["usage"]["completion_tokens"] == SMALL_CTX - reply["timings"]["prompt_n"], reply["usage"]
+    if not server.pruning:
+        return  # the four unpruned pictures are refused (test above)
+    reply = generate(four_pictures())
+    t = reply["timings"]
+    cells = t["prompt_n"] - (t["image_tokens"] - t["image_tokens_kept"])  # text + kept
+    # counting the unpruned tokens would have stopped it before its first token
+    assert reply["usage"]["completion_tokens"] == SMALL_CTX - cells, (reply["usage"], cells)
+
+
+def test_a_prompt_whose_kept_cells_do_not_fit_names_them(small_context_server, server):
+    if not server.pruning:
+        pytest.skip("without pruning the upstream message holds (test above)")
+    content = [image(20 + i) for i in range(16)] + [text("And now?")]  # 16 x 16 kept + the text > 256
+    status, reply = small_context_server.chat(content, cache_prompt=False)
+    assert status == 400, (status, reply)
+    message = reply["error"]["message"]
+    assert "KV cells after pruning its images" in message and f"({SMALL_CTX} tokens)" in message, message
+    status, reply = small_context_server.chat("still there?")
+    assert status == 200, reply

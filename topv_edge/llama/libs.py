@@ -73,7 +73,6 @@ class MtmdTopvStats(ctypes.Structure):
     ]
 
 
-
 GGML_BACKEND_DEVICE_TYPE_GPU = 1  # enum ggml_backend_dev_type
 GGML_BACKEND_DEVICE_TYPE_IGPU = 2
 
@@ -267,6 +266,11 @@ class LlamaLibs:
         budget plus structural tokens; all of them when it would not prune it)."""
         return int(self.mtmd_cpp._libmtmd.mtmd_topv_chunk_n_kept(mctx, model, chunk))
 
+    def topv_probes(self, mctx: object) -> bool:
+        """Whether the stage decodes an image whole before pruning it (mtmd_topv_probes; TopVOptions.probes says
+        the same before a context exists)."""
+        return bool(self.mtmd_cpp._libmtmd.mtmd_topv_probes(mctx))
+
     def topv_reason(self, mctx: object) -> str:
         """The stage's sentence for the last image's result (mtmd_topv_get_reason; "" when it has none)."""
         text = self.mtmd_cpp._libmtmd.mtmd_topv_get_reason(mctx)
@@ -389,6 +393,7 @@ def load() -> LlamaLibs:
     _bind(m, "mtmd_topv_get_scores", [vp], ctypes.POINTER(ctypes.c_double))
     _bind(m, "mtmd_topv_get_features", [vp, ctypes.c_bool], ctypes.POINTER(ctypes.c_float))
     _bind(m, "mtmd_topv_chunk_n_kept", [vp, vp, vp], ctypes.c_int32)
+    _bind(m, "mtmd_topv_probes", [vp], ctypes.c_bool)
     _bind(m, "mtmd_topv_chunk_role_name", [ctypes.c_int32], ctypes.c_char_p)
     _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
     _bind(l, "llama_set_n_layer_limit", [vp, ctypes.c_uint32], None)
