@@ -167,7 +167,13 @@ def main() -> int:
                     help="about N image tokens per picture instead (Qwen2/2.5/3-VL presets: a square picture)")
     ap.add_argument("--warmup-runs", type=int, default=1,
                     help="untimed runs before the timed ones, per configuration (0 for the slow large sizes)")
+    ap.add_argument("--markdown", type=Path, default=None, metavar="JSON",
+                    help="print the Markdown table of a results file this script wrote, and exit (how the tables of "
+                         "docs/results.md and the README are made)")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads(args.markdown.read_text())["rows"]))
+        return 0
     if args.picture_size and args.image_tokens:
         ap.error("give --picture-size or --image-tokens, not both")
 
@@ -216,6 +222,7 @@ def main() -> int:
                             answers[cfg] = m["answer"]
                         row["answer_equals_cpu"] = (m["answer"] == answers[cfg]) if cfg in answers else None
                         rows.append(row)
+                        write_json(args, rows)  # after every configuration: a long run stopped early keeps its rows
 
     head = (f"{'model':<14}{'picture':>10}{'backend':>8}{'keep':>6}{'layer':>6}{'tokens':>9}{'encode':>9}{'probe':>8}{'pass':>7}"
             f"{'decode':>8}{'img prefill':>13}{'ratio':>7}{'TTFT':>9}{'ratio':>7}{'KV cells':>10}{'ratio':>7}"
@@ -229,15 +236,42 @@ def main() -> int:
               f"{r['image_prefill_ms']:>13.0f}{r['image_prefill_ms_ratio']:>7.2f}{r['ttft_ms']:>9.0f}"
               f"{r['ttft_ms_ratio']:>7.2f}{r['kv_cells']:>10.0f}{r['kv_cells_ratio']:>7.2f}"
               f"{r['peak_rss_mb']:>8.0f}{r['peak_rss_mb_ratio']:>7.2f}{same:>7}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "threads": args.threads, "repeats": args.repeats,
-            "python": platform.python_version(), "question": QUESTION, "backends": args.backend, "ngl": args.ngl,
-            "mmproj_offload": not args.no_mmproj_offload,
-            "devices": {r["backend"]: r["device"] for r in rows}}
-    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(args, rows)
     plot(rows, args.png)
     print(f"wrote {args.json} and {args.png}", file=sys.stderr)
     return 0
+
+
+def write_json(args: argparse.Namespace, rows: list[dict]) -> None:
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "threads": args.threads, "repeats": args.repeats,
+            "python": platform.python_version(), "question": QUESTION, "backends": args.backend, "ngl": args.ngl,
+            "mmproj_offload": not args.no_mmproj_offload, "command": " ".join(["python", *sys.argv]),
+            "devices": {r["backend"]: r["device"] for r in rows}}
+    args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table: every phase in ms, and the ratios to unpruned of the same picture."""
+    def ratio(r: dict, key: str) -> str:
+        v = r.get(key + "_ratio")
+        return "-" if v is None else f"{v:.2f}"
+
+    def seconds(ms: float) -> str:
+        return f"{ms / 1000:.1f}"
+
+    lines = ["| picture | keep | layer | kept / image tokens | encode s | probe s | pass s | kept decode s | "
+             "image prefill s | ratio | TTFT s | ratio | KV cells | ratio | peak RSS MiB | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        layer = "-" if r["layer"] is None else str(r["layer"])
+        lines.append(f"| {r.get('picture', '448x448')} | {r['keep']:g} | {layer} | "
+                     f"{r['kept_tokens']:.0f} / {r['image_tokens']:.0f} | {seconds(r['encode_ms'])} | "
+                     f"{seconds(r['probe_ms'])} | {r['pass_ms'] / 1000:.2f} | {seconds(r['decode_ms'])} | "
+                     f"{seconds(r['image_prefill_ms'])} | {ratio(r, 'image_prefill_ms')} | {seconds(r['ttft_ms'])} | "
+                     f"{ratio(r, 'ttft_ms')} | {r['kv_cells']:.0f} | {ratio(r, 'kv_cells')} | "
+                     f"{r['peak_rss_mb']:.0f} | {ratio(r, 'peak_rss_mb')} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -38,6 +38,11 @@ CLAIMS = [
     (lambda: f"holds {row('bench_e2e_qwen3vl4b_q4', keep=0.25, layer=0)['kv_cells']} cells instead of "
              f"{row('bench_e2e_qwen3vl4b_q4', keep=1.0)['kv_cells']}"),
     (lambda: f"{row('bench_e2e_tiled', keep=1.0)['image_tokens']:.0f} tokens"),
+    (lambda: f"at 4096 image tokens the image prefill takes "
+             f"**{row('bench_e2e_sizes', image_tokens=4096, keep=0.25)['image_prefill_ms_ratio']:.2f}** of the unpruned"),
+    (lambda: f"first token comes at **{row('bench_e2e_sizes', image_tokens=4096, keep=0.25)['ttft_ms_ratio']:.2f}** of the unpruned wait"),
+    (lambda: f"holds {row('bench_e2e_sizes', image_tokens=4096, keep=0.25)['kv_cells']:.0f} cells instead of "
+             f"{row('bench_e2e_sizes', image_tokens=4096, keep=1.0)['kv_cells']:.0f}, and the"),
     (lambda: f"first token at **{row('bench_e2e_tiled', keep=0.25, layer=0)['ttft_ms_ratio']:.2f}** of the wait"),
     (lambda: f"{row('bench_pass', n=576, d=4096)['cpp_all_ms']:.0f} ms for a 576-token image at d = 4096"),
     (lambda: f"{row('bench_pass', n=576, d=4096)['cpp_all_over_blas_all']:.1f}x\n  numpy's bare"),
