@@ -2,7 +2,7 @@
 
 Starts `llama-server --topv-keep 0.25` on 127.0.0.1 with a tiny generated pair (topv_edge.lab.synth), sends
 --requests chat completions --concurrency at a time, --bad-share of them bad inputs (bad image bytes, an empty
-image URL, a missing field, more pictures than a slot's context holds), then checks:
+image URL, a missing field, more pictures than a slot's context holds, pruned), then checks:
 
   * every good request answers 200 with a message;
   * every bad input gets a 4xx;
@@ -311,11 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="percent of the baseline by which one tenth of the run after the warm-up may raise the RSS "
                          "high-water mark (default 2)")
     ap.add_argument("--keep", default="0.25", help="the server's --topv-keep (default 0.25)")
-    ap.add_argument("--ctx", type=int, default=4096, help="the server's -c, shared by its slots (default 4096)")
+    ap.add_argument("--ctx", type=int, default=1024,
+                    help="the server's -c, shared by its slots (default 1024: 256 cells a slot at -np 4, which a "
+                         "good request's 64-token picture fits unpruned and --too-many-images pictures do not, pruned)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=4, help="answer tokens per good request (default 4)")
     ap.add_argument("--too-many-images", type=int, default=32,
-                    help="pictures in the oversized request: more than a slot's context holds (default 32)")
+                    help="pictures in the oversized request: more than a slot's context holds even after pruning "
+                         "(the server admits by kept cells, patches/43; default 32: 512 kept cells of the tiny pair)")
     ap.add_argument("--family", default="llava", help="the tiny generated pair's family (default llava)")
     ap.add_argument("--models", type=Path, default=REPO / "models", help="where the tiny pair is generated")
     ap.add_argument("--malloc-arena-max", type=int, default=2, metavar="N",

@@ -10,27 +10,11 @@
 #include "mtmd-topv.h"
 #include "mtmd-helper.h"
 
+#include <mutex>
 #include <string>
 #include <vector>
 
 struct clip_ctx;
-
-struct mtmd_topv_state {
-    mtmd_topv_params params = mtmd_topv_default_params();
-    mtmd_topv_stats  stats  = {};
-    std::string      reason; // why the last image was not pruned (empty when it was)
-    // why mtmd refuses images with this text model (empty: it does not): the projector's marker tokens are not in
-    // its vocabulary, i.e. the mmproj is another family's (set at mtmd init, mtmd_topv_set_missing_markers)
-    std::string      image_input_error;
-
-    // buffers of the last image, reused across images
-    std::vector<float>   source;    // n_grid x n_embd
-    std::vector<float>   target;    // n_grid x n_embd
-    std::vector<float>   kept_embd; // n_kept x row width
-    std::vector<int32_t> kept;      // chunk token indices, ascending
-    std::vector<double>  scores;    // n_grid
-    std::vector<int32_t> grid_kept; // pass output: indices into the grid tokens
-};
 
 // where an image chunk sits in its picture: set by mtmd's tokenizer (the hook in mtmd.cpp's add_media calls
 // mtmd_topv_place_picture for a tiled picture), kept in mtmd_image_tokens
@@ -63,6 +47,37 @@ struct mtmd_topv_image_facts {
     mtmd_topv_picture_place place; // where the chunk sits in its picture
 };
 
+// what mtmd_topv_chunk_n_kept needs of a chunk's layout, remembered per chunk shape and text model: llama-server
+// asks for every image of a prompt on every generated token, and resolving a layout walks all of its tokens
+struct mtmd_topv_layout_counts {
+    mtmd_topv_image_facts facts;
+    const llama_model *   model = nullptr;
+    bool    prunable      = false; // the layout table prunes chunks of these facts
+    int32_t n_grid        = 0;
+    int32_t n_always_kept = 0;
+};
+
+struct mtmd_topv_state {
+    mtmd_topv_params params = mtmd_topv_default_params();
+    mtmd_topv_stats  stats  = {};
+    std::string      reason; // why the last image was not pruned (empty when it was)
+    // why mtmd refuses images with this text model (empty: it does not): the projector's marker tokens are not in
+    // its vocabulary, i.e. the mmproj is another family's (set at mtmd init, mtmd_topv_set_missing_markers)
+    std::string      image_input_error;
+
+    // buffers of the last image, reused across images
+    std::vector<float>   source;    // n_grid x n_embd
+    std::vector<float>   target;    // n_grid x n_embd
+    std::vector<float>   kept_embd; // n_kept x row width
+    std::vector<int32_t> kept;      // chunk token indices, ascending
+    std::vector<double>  scores;    // n_grid
+    std::vector<int32_t> grid_kept; // pass output: indices into the grid tokens
+
+    // layout counts of recent chunk shapes (mtmd_topv_chunk_n_kept), for const callers too
+    mutable std::mutex                           layout_memo_mutex;
+    mutable std::vector<mtmd_topv_layout_counts> layout_memo; // the most recent last, at most 16
+};
+
 // the reason mtmd refuses images: the projector (enum projector_type) marks images and slices with these token
 // texts, which the text model's vocabulary lacks (called by mtmd's init, which finds them; mtmd-topv-layouts.cpp)
 void mtmd_topv_set_missing_markers(mtmd_topv_state * st, int32_t proj_type, const std::vector<std::string> & missing);
@@ -92,6 +107,9 @@ struct mtmd_topv_chunk_layout {
 
 // grid tokens the stage keeps of this chunk: its share of the picture's budget (one chunk: keep of its grid)
 int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & params, const mtmd_topv_chunk_layout & layout);
+// the same from the counts alone: a chunk at `place` with n_grid grid and n_always_kept structural tokens
+int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & params, const mtmd_topv_picture_place & place,
+                               int64_t n_grid, int64_t n_always_kept);
 
 // names of the graph nodes the probe reads for layer `layer`: the layer's input (empty: the embeddings) and output
 void mtmd_topv_probe_nodes(const mtmd_topv_chunk_layout & layout, int32_t layer, std::string * source, std::string * target);

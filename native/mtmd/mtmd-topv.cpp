@@ -193,11 +193,15 @@ static int64_t topv_mul_div_round(int64_t a, int64_t b, int64_t c) {
 }
 
 int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & prm, const mtmd_topv_chunk_layout & layout) {
-    const int64_t n_grid = (int64_t) layout.grid_tokens.size();
+    return mtmd_topv_chunk_budget(prm, layout.place, (int64_t) layout.grid_tokens.size(),
+                                  (int64_t) layout.always_kept.size());
+}
+
+int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & prm, const mtmd_topv_picture_place & pl, int64_t n_grid,
+                               int64_t n_always_kept) {
     auto keep_of = [&](int64_t n) {
         return prm.keep_count > 0 ? std::min<int64_t>(prm.keep_count, n) : topv_keep_count(n, prm.keep_ratio);
     };
-    const mtmd_topv_picture_place & pl = layout.place;
     if (pl.role == MTMD_TOPV_CHUNK_SINGLE || pl.n_chunks < 2 || pl.n_picture_tokens < 1 || n_grid < 1) {
         return keep_of(n_grid);
     }
@@ -218,11 +222,42 @@ int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & prm, const mtmd_topv_chu
         k = k_ov;
     } else {
         const int64_t rest   = std::max<int64_t>(budget - k_ov, 0);
-        const int64_t n_self = n_grid + (int64_t) layout.always_kept.size();
+        const int64_t n_self = n_grid + n_always_kept;
         const int64_t before = pl.n_tile_tokens_before;
         k = n_tile > 0 ? topv_mul_div_round(rest, before + n_self, n_tile) - topv_mul_div_round(rest, before, n_tile) : 0;
     }
     return std::min(std::max<int64_t>(k, 1), n_grid); // every chunk keeps at least one token
+}
+
+// facts with the same layout: all but the place in the picture, which the layout only carries along (so the
+// tiles of a picture, and its repeats in a prompt, share one memo entry)
+static bool topv_same_layout_facts(const mtmd_topv_image_facts & a, const mtmd_topv_image_facts & b) {
+    return a.ctx_v == b.ctx_v && a.proj_type == b.proj_type && a.pos_type == b.pos_type && a.nx == b.nx &&
+           a.ny == b.ny && a.n_tokens == b.n_tokens && a.n_temporal_merge == b.n_temporal_merge &&
+           a.n_entries == b.n_entries && a.entry_nx == b.entry_nx && a.entry_ny == b.entry_ny;
+}
+
+// the layout counts of a chunk of these facts: from the memo, or resolved once and remembered
+static mtmd_topv_layout_counts topv_layout_counts(const mtmd_topv_state & st, const mtmd_topv_image_facts & facts,
+                                                  const llama_model * model) {
+    std::lock_guard<std::mutex> lock(st.layout_memo_mutex);
+    for (const mtmd_topv_layout_counts & c : st.layout_memo) {
+        if (c.model == model && topv_same_layout_facts(c.facts, facts)) {
+            return c;
+        }
+    }
+    mtmd_topv_layout_counts c;
+    c.facts = facts;
+    c.model = model;
+    mtmd_topv_chunk_layout layout;
+    c.prunable = mtmd_topv_resolve_layout(facts, model, &layout, nullptr);
+    c.n_grid        = (int32_t) layout.grid_tokens.size();
+    c.n_always_kept = (int32_t) layout.always_kept.size();
+    if (st.layout_memo.size() >= 16) {
+        st.layout_memo.erase(st.layout_memo.begin());
+    }
+    st.layout_memo.push_back(c);
+    return c;
 }
 
 int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const llama_model * model, const mtmd_input_chunk * chunk) {
@@ -230,19 +265,59 @@ int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const llama_model * mod
         return -1;
     }
     const int32_t n_tokens = (int32_t) mtmd_input_chunk_get_n_tokens(chunk);
-    const mtmd_topv_params & prm = mtmd_topv_state_of(ctx)->params;
+    const mtmd_topv_state & st = *mtmd_topv_state_of(ctx);
     const mtmd_image_tokens * img = mtmd_input_chunk_get_tokens_image(chunk);
     mtmd_topv_image_facts facts{};
-    mtmd_topv_chunk_layout layout;
-    if (!prm.enabled || !img || !mtmd_topv_image_facts_of(ctx, img, &facts) ||
-        !mtmd_topv_resolve_layout(facts, model, &layout, nullptr)) {
+    if (!st.params.enabled || !img || !model || !mtmd_topv_image_facts_of(ctx, img, &facts)) {
         return n_tokens;
     }
-    const int64_t k = mtmd_topv_chunk_budget(prm, layout);
-    if (k < 1 || k >= (int64_t) layout.grid_tokens.size()) {
+    const mtmd_topv_layout_counts c = topv_layout_counts(st, facts, model);
+    if (!c.prunable) {
         return n_tokens;
     }
-    return (int32_t) k + (int32_t) layout.always_kept.size();
+    const int64_t k = mtmd_topv_chunk_budget(st.params, facts.place, c.n_grid, c.n_always_kept);
+    if (k < 1 || k >= c.n_grid) {
+        return n_tokens;
+    }
+    return (int32_t) k + c.n_always_kept;
+}
+
+// whether lctx makes the stage decode an image chunk whole that it would otherwise prune, and why (*result,
+// *reason): the TopV layer must lie below the model's last, and a probe needs the whole image in one batch and
+// one ubatch. The stage's plan and the cell count (mtmd_topv_chunk_n_cells) share this rule.
+static bool topv_decoded_whole_in(const llama_context * lctx, const mtmd_topv_params & prm, bool probed,
+                                  int32_t n_tokens, mtmd_topv_result * result, std::string * reason) {
+    const int32_t n_layer = llama_model_n_layer(llama_get_model(lctx));
+    if (prm.layer >= n_layer - 1) {
+        *result = MTMD_TOPV_LAYER_OUT_OF_RANGE;
+        *reason = "the TopV layer " + std::to_string(prm.layer) + " must be below the model's last layer (0.." +
+                  std::to_string(n_layer - 2) + ")";
+        return true;
+    }
+    const uint32_t n_ubatch = llama_n_ubatch(lctx), n_batch = llama_n_batch(lctx);
+    if (probed && ((int32_t) n_ubatch < n_tokens || (int32_t) n_batch < n_tokens)) {
+        *result = MTMD_TOPV_UBATCH_TOO_SMALL;
+        *reason = "the image has " + std::to_string(n_tokens) + " tokens, more than n_batch " +
+                  std::to_string(n_batch) + " / n_ubatch " + std::to_string(n_ubatch) +
+                  " (the probe needs the whole image in one ubatch)";
+        return true;
+    }
+    return false;
+}
+
+int32_t mtmd_topv_chunk_n_cells(const mtmd_context * ctx, const llama_context * lctx, const mtmd_input_chunk * chunk) {
+    if (!lctx) {
+        return -1;
+    }
+    const int32_t n_kept = mtmd_topv_chunk_n_kept(ctx, llama_get_model(lctx), chunk);
+    const int32_t n_tokens = chunk ? (int32_t) mtmd_input_chunk_get_n_tokens(chunk) : 0;
+    if (n_kept < 0 || n_kept >= n_tokens) {
+        return n_kept;
+    }
+    mtmd_topv_result why     = MTMD_TOPV_PRUNED;
+    std::string      because;
+    return topv_decoded_whole_in(lctx, mtmd_topv_state_of(ctx)->params, mtmd_topv_probes(ctx), n_tokens, &why,
+                                 &because) ? n_tokens : n_kept;
 }
 
 bool mtmd_topv_probes(const mtmd_context * ctx) {
@@ -507,20 +582,14 @@ static bool topv_plan(mtmd_topv_state & st, topv_chunk_job & job, const mtmd_top
         return topv_decline(st, MTMD_TOPV_KEEP_ALL, layout.place.role == MTMD_TOPV_CHUNK_SINGLE ? "" :
                             "its share of the picture's budget covers all " + std::to_string(n_grid) + " tokens");
     }
-    const int32_t n_layer = llama_model_n_layer(llama_get_model(job.lctx));
-    if (prm.layer >= n_layer - 1) {
-        return topv_decline(st, MTMD_TOPV_LAYER_OUT_OF_RANGE, "the TopV layer " + std::to_string(prm.layer) +
-                            " must be below the model's last layer (0.." + std::to_string(n_layer - 2) + ")");
-    }
     // at layer 0 the source is the embeddings themselves: a method that reads no target needs no probe at all
     // (the image prefill is then the kept decode alone, the unpruned image never needs a cell or a whole batch,
     // and there is no target buffer)
     job.probed = mtmd_topv_probes(job.ctx);
-    const uint32_t n_ubatch = llama_n_ubatch(job.lctx), n_batch = llama_n_batch(job.lctx);
-    if (job.probed && ((int32_t) n_ubatch < job.n_tokens || (int32_t) n_batch < job.n_tokens)) {
-        return topv_decline(st, MTMD_TOPV_UBATCH_TOO_SMALL, "the image has " + std::to_string(job.n_tokens) +
-                            " tokens, more than n_batch " + std::to_string(n_batch) + " / n_ubatch " +
-                            std::to_string(n_ubatch) + " (the probe needs the whole image in one ubatch)");
+    mtmd_topv_result why     = MTMD_TOPV_PRUNED;
+    std::string      because;
+    if (topv_decoded_whole_in(job.lctx, prm, job.probed, job.n_tokens, &why, &because)) {
+        return topv_decline(st, why, because);
     }
     return true;
 }

@@ -111,6 +111,11 @@ MTMD_API const char * mtmd_topv_chunk_role_name(int32_t role);
 // image. For callers that size the KV cache before decoding (the probe still needs the whole chunk for a moment).
 MTMD_API int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const struct llama_model * model,
                                         const mtmd_input_chunk * chunk);
+// the KV cells this image chunk takes once decoded in `lctx`: mtmd_topv_chunk_n_kept, or all of its tokens where
+// lctx makes the stage decode it whole (a probe whose image exceeds its n_batch / n_ubatch, a layer out of the
+// model's range); -1 for a chunk that is not an image. For callers whose context exists (llama-server's slots).
+MTMD_API int32_t mtmd_topv_chunk_n_cells(const mtmd_context * ctx, const struct llama_context * lctx,
+                                         const mtmd_input_chunk * chunk);
 // true when the stage decodes an image whole before pruning it (the probe: a layer above 0, or a method that reads
 // the layer's output): for that moment the KV cache holds every token of the image, and the image must fit one
 // ubatch (otherwise it is decoded unpruned). False when pruning is off or no probe runs (the default).

@@ -70,3 +70,31 @@ def test_the_stage_and_the_options_agree_on_when_a_probe_runs(models_dir, libs):
                     assert libs.topv_probes(chat.mctx) == options.probes, options
                     seen.add(options.probes)
     assert seen == {True, False}
+
+
+def test_the_cells_of_a_chunk_follow_the_context_it_is_decoded_in(models_dir, big_picture, libs):
+    """llama-server sizes its slots by mtmd_topv_chunk_n_cells: the kept tokens where the stage prunes the image in
+    that context, all of them where the context makes it decode the image whole (a probe needs the whole image in
+    one ubatch). The stage's own decision in that context is the same."""
+    model, mmproj = pair_paths("qwen3vl", "tiny", models_dir)
+    with VisionChat(model, mmproj, topv=TopVOptions(keep=0.25), threads=2, max_tokens=1) as chat:
+        chat.ask(QUESTION, [big_picture])  # a context sized for the kept tokens: no probe, a ubatch below 4096
+        assert chat.n_ubatch < 4096
+        chunks = chat._tokenize(f"{QUESTION} {chat.marker} {QUESTION}", [big_picture.read_bytes()])
+        try:
+            M = chat.mtmd
+            (image,) = [M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks))
+                        if M.mtmd_input_chunk_get_type(M.mtmd_input_chunks_get(chunks, i))
+                        == M.MTMD_INPUT_CHUNK_TYPE_IMAGE]
+            text = M.mtmd_input_chunks_get(chunks, 0)
+            assert libs.topv_chunk_n_cells(chat.mctx, chat.ctx, text) == -1
+            assert libs.topv_chunk_n_cells(chat.mctx, None, image) == -1  # bad arguments: an answer, no crash
+            assert libs.topv_chunk_n_cells(None, chat.ctx, image) == -1
+            assert libs.topv_chunk_n_kept(chat.mctx, chat.model, image) == 1024
+            assert libs.topv_chunk_n_cells(chat.mctx, chat.ctx, image) == 1024
+            probing = TopVOptions(keep=0.25, layer=1, method="topv")
+            configure_topv(libs, chat.mctx, probing, threads=2)
+            assert libs.topv_chunk_n_kept(chat.mctx, chat.model, image) == 1024
+            assert libs.topv_chunk_n_cells(chat.mctx, chat.ctx, image) == 4096  # the probe's ubatch is too small
+        finally:
+            M.mtmd_input_chunks_free(chunks)

@@ -266,6 +266,11 @@ class LlamaLibs:
         budget plus structural tokens; all of them when it would not prune it)."""
         return int(self.mtmd_cpp._libmtmd.mtmd_topv_chunk_n_kept(mctx, model, chunk))
 
+    def topv_chunk_n_cells(self, mctx: object, lctx: object, chunk: object) -> int:
+        """KV cells an image chunk takes once decoded in the context `lctx` (mtmd_topv_chunk_n_cells: the kept
+        tokens, or all of them where that context makes the stage decode it whole, as a probe beyond its ubatch)."""
+        return int(self.mtmd_cpp._libmtmd.mtmd_topv_chunk_n_cells(mctx, lctx, chunk))
+
     def topv_probes(self, mctx: object) -> bool:
         """Whether the stage decodes an image whole before pruning it (mtmd_topv_probes; TopVOptions.probes says
         the same before a context exists)."""
@@ -393,6 +398,7 @@ def load() -> LlamaLibs:
     _bind(m, "mtmd_topv_get_scores", [vp], ctypes.POINTER(ctypes.c_double))
     _bind(m, "mtmd_topv_get_features", [vp, ctypes.c_bool], ctypes.POINTER(ctypes.c_float))
     _bind(m, "mtmd_topv_chunk_n_kept", [vp, vp, vp], ctypes.c_int32)
+    _bind(m, "mtmd_topv_chunk_n_cells", [vp, vp, vp], ctypes.c_int32)
     _bind(m, "mtmd_topv_probes", [vp], ctypes.c_bool)
     _bind(m, "mtmd_topv_chunk_role_name", [ctypes.c_int32], ctypes.c_char_p)
     _bind(l, "llama_set_eval_callback", [vp, vp, vp], None)
