@@ -23,7 +23,7 @@ export LD_PRELOAD="$asan:$ubsan"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_may_return_null=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 stage_tests=(tests/llama/test_llama_patch.py)
-for t in tests/llama/test_families_stage.py tests/llama/test_families_tiled.py tests/llama/test_inputs.py; do [ -f "$t" ] && stage_tests+=("$t"); done
+for t in tests/llama/test_families_stage.py tests/llama/test_families_tiled.py tests/llama/test_video.py tests/llama/test_inputs.py; do [ -f "$t" ] && stage_tests+=("$t"); done
 # the libraries only (libllama, libmtmd with the stage and the pass): the command-line binaries' own tests run on
 # the regular build; here everything that goes through the stage from Python
 python -m pytest -q -p no:cacheprovider "${stage_tests[@]}" -k "not mtmd_cli and not llama_server" "$@"

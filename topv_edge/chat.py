@@ -56,7 +56,7 @@ from .cli import (Parser, add_device_flags, device_options, add_pruning_flags, a
                   positive_int, pruning_options, run_command)
 from .errors import ChatError  # noqa: E402
 from .session import TurnReport, VisionChat  # noqa: E402
-from .session.files import read_image  # noqa: E402
+from .session.files import read_media  # noqa: E402
 
 COMMANDS = (("/image PATH [PATH ...]", "add pictures to your next message (quotes and ~ work)"),
             ("/stats", "what the last turn cost: image tokens before and after pruning, times, KV cells"),
@@ -195,6 +195,13 @@ def _print_stats(report: TurnReport | None, out) -> None:
                 f"{report.method or 'pass'} pass {_stat_ms(im.pass_ms, 1)}, decode {_stat_ms(im.decode_ms)}")
 
     for k, pic in enumerate(report.pictures, 1):
+        if pic.is_video:  # one line for the video, then one per chunk (a frame, or two merged in time)
+            print(f"video {k}: {pic.n_frames} frames in {len(pic.chunks)} chunks: {pic.n_tokens} tokens -> "
+                  f"{pic.n_kept} kept ({100 * pic.n_kept / max(1, pic.n_tokens):.1f}%)", file=out)
+            for im in pic.chunks:
+                frames = f"frame {im.frame}" if im.n_frames == 1 else f"frames {im.frame}-{im.frame + im.n_frames - 1}"
+                print(f"  {frames}: {chunk_line(im)}", file=out)
+            continue
         if len(pic.chunks) == 1:
             print(f"image {k}: {chunk_line(pic.chunks[0])}", file=out)
             continue
@@ -231,7 +238,7 @@ def _stream(text: str) -> None:
 def _check_images(paths: Sequence[str]) -> None:
     """Every command-line picture is readable, before the model loads (a bad one ends the program: exit 2)."""
     for p in paths:
-        read_image(p)
+        read_media(p)
 
 
 class _Session:
@@ -381,7 +388,7 @@ def _usable(pending: list[str]) -> list[str]:
     good = []
     for path in pending:
         try:
-            read_image(path)
+            read_media(path)
             good.append(path)
         except ChatError as e:
             print(f"picture dropped: {e}", file=sys.stderr)
@@ -400,7 +407,7 @@ def _add_images(rest: str, pending: list[str]) -> None:
         return
     for path in paths:
         try:
-            read_image(path)
+            read_media(path)
         except ChatError as e:
             print(f"not added: {e}", file=sys.stderr)
             continue

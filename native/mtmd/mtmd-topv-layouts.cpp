@@ -211,8 +211,13 @@ bool mtmd_topv_resolve_layout(const mtmd_topv_image_facts & f, const llama_model
     if (e->grid == grid_rule::declined) {
         return decline(reason, "projector '" + name + "' (" + e->families + "): " + e->reason);
     }
-    // one picture: no slices, tiles or video frames (Qwen-VL's temporal merge of one picture is still one grid)
-    if (f.n_entries != 1) {
+    // one picture: no slices, tiles or video frames in one chunk (Qwen-VL's temporal merge of one picture is still
+    // one grid), except the frames an M-RoPE encoder merges in time: a Qwen-VL video chunk holds n_temporal_merge
+    // consecutive frames, which its 3-D patch embedding turns into one nx x ny grid at one t (mtmd.cpp counts
+    // nx * ny tokens for them)
+    const bool merged_frames = f.n_temporal_merge > 1 && f.n_entries == f.n_temporal_merge &&
+                               e->grid == grid_rule::mrope_nxny;
+    if (f.n_entries != 1 && !merged_frames) {
         return decline(reason, "projector '" + name + "': a picture of " + std::to_string(f.n_entries) +
                                " slices or frames in one chunk is not a single grid");
     }

@@ -510,8 +510,10 @@ static void topv_begin_stats(mtmd_topv_state & st, const mtmd_topv_image_facts *
     st.stats.tile_y   = -1;
     st.stats.n_chunks = 1;
     st.stats.n_picture_tokens = n_tokens;
+    st.stats.n_frames = 1;
     if (facts) { // where the chunk sits, also when it is not pruned
         const mtmd_topv_picture_place & pl = facts->place;
+        st.stats.n_frames = facts->n_entries > 1 && facts->n_temporal_merge > 1 ? (int32_t) facts->n_entries : 1;
         st.stats.picture = pl.picture;
         st.stats.role    = pl.role;
         st.stats.tile_x  = pl.tile_x;

@@ -82,6 +82,7 @@ struct mtmd_topv_stats {
     int32_t n_chunks;         // image chunks of the picture
     int32_t n_picture_tokens; // image tokens of the whole picture (what keep applies to)
     int32_t n_budget;         // grid tokens this chunk was given of the picture's budget (0 when not pruning)
+    int32_t n_frames;         // video frames in the chunk: 2 when a Qwen-VL encoder merged two in time, else 1
 };
 
 // Lifetimes of the pointers the functions below return:

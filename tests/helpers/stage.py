@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from topv_edge.session import VisionChat
-from topv_edge.session.files import read_image
+from topv_edge.session.files import read_media
 
 QUESTION = "What is in the picture?"
 
@@ -86,7 +86,7 @@ def prompt_chunks(chat: VisionChat, picture: Path):
     cleared: BOS is added at n_past 0 only)."""
     chat._clear_cache()
     content = [{"type": "text", "text": chat.marker}, {"type": "text", "text": QUESTION}]
-    return chat._tokenize(chat._render([{"role": "user", "content": content}]), [read_image(picture)])
+    return chat._tokenize(chat._render([{"role": "user", "content": content}]), [read_media(picture)])
 
 
 def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray | list[np.ndarray],
@@ -150,3 +150,33 @@ def manual_prefill(chat: VisionChat, picture: Path, kept: np.ndarray | list[np.n
     finally:
         M.mtmd_input_chunks_free(chunks)
     return chat.logits()
+
+
+def prefill_by_chunk(chat: VisionChat, picture: Path, states: bool = False) -> tuple[list[dict], int]:
+    """The first message's prefill, chunk by chunk as VisionChat does it, with what the stage did for each image chunk
+    (a tile, an overview, a video's frames) read right after it (its stats, kept indices and features); returns
+    (records, n_past)."""
+    from topv_edge.llama.stage import decode_image
+
+    lib = chat._lib
+    chunks = prompt_chunks(chat, picture)
+    try:
+        plan = chat._plan(chunks)
+        chat._create_context(plan.peak_cells, plan.largest_image)
+        records, n_past = [], 0
+        for chunk, is_image, n, planned in ((c.chunk, c.is_image, c.n_tokens, c.n_cells) for c in plan.chunks):
+            if not is_image:
+                n_past += decode_text_chunk(chat, chunk, n_past)
+                continue
+            with chat.log.capture() as log:
+                new_n_past, report = decode_image(lib, chat.mctx, chat.ctx, chunk, n_past, 0, chat.n_batch, log)
+            st = lib.topv_stats(chat.mctx)
+            records.append(dict(report=report, planned=planned, n_past=n_past, n_tokens=n, stats=st,
+                                positions=image_positions(chat, chunk, n_past, n),
+                                grid=(st.grid_w, st.grid_h), kept=lib.topv_kept(chat.mctx),
+                                source=lib.topv_features(chat.mctx, False), target=lib.topv_features(chat.mctx, True),
+                                state=recurrent_state(chat) if states else None))
+            n_past = new_n_past
+    finally:
+        chat.mtmd.mtmd_input_chunks_free(chunks)
+    return records, n_past

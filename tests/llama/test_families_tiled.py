@@ -17,6 +17,7 @@ from topv_edge.options import DEFAULT_OVERVIEW_WEIGHT
 from topv_edge.lab.synth import TILED_FAMILIES, PictureChunk, demo_image, pair_paths, picture_chunks, preset_config
 
 from helpers.server import binary
+from helpers.stage import prefill_by_chunk
 
 THREADS = 2
 TILED = sorted(TILED_FAMILIES)
@@ -203,35 +204,6 @@ def tiled_session(models_dir, family: str, **topv) -> "VisionChat":
 
     model, mmproj = pair_paths(family, "tiny", models_dir)
     return VisionChat(model, mmproj, topv=TopVOptions(**topv), threads=THREADS, max_tokens=4)
-
-
-def prefill_by_chunk(chat, picture, states: bool = False) -> tuple[list[dict], int]:
-    """The first message's prefill, chunk by chunk as VisionChat does it, with what the stage did for each image chunk
-    read right after it (its stats, kept indices and features); returns (records, n_past)."""
-    from helpers.stage import decode_text_chunk, prompt_chunks, recurrent_state
-    from topv_edge.llama.stage import decode_image
-
-    lib = chat._lib
-    chunks = prompt_chunks(chat, picture)
-    try:
-        plan = chat._plan(chunks)
-        chat._create_context(plan.peak_cells, plan.largest_image)
-        records, n_past = [], 0
-        for chunk, is_image, n, planned in ((c.chunk, c.is_image, c.n_tokens, c.n_cells) for c in plan.chunks):
-            if not is_image:
-                n_past += decode_text_chunk(chat, chunk, n_past)
-                continue
-            with chat.log.capture() as log:
-                new_n_past, report = decode_image(lib, chat.mctx, chat.ctx, chunk, n_past, 0, chat.n_batch, log)
-            st = lib.topv_stats(chat.mctx)
-            records.append(dict(report=report, planned=planned, n_past=n_past, n_tokens=n, stats=st,
-                                grid=(st.grid_w, st.grid_h), kept=lib.topv_kept(chat.mctx),
-                                source=lib.topv_features(chat.mctx, False), target=lib.topv_features(chat.mctx, True),
-                                state=recurrent_state(chat) if states else None))
-            n_past = new_n_past
-    finally:
-        chat.mtmd.mtmd_input_chunks_free(chunks)
-    return records, n_past
 
 
 @pytest.mark.parametrize("family", TILED)

@@ -70,6 +70,7 @@ class MtmdTopvStats(ctypes.Structure):
         ("n_chunks", ctypes.c_int32),
         ("n_picture_tokens", ctypes.c_int32),
         ("n_budget", ctypes.c_int32),
+        ("n_frames", ctypes.c_int32),       # video frames merged in the chunk (1: a picture, or one frame)
     ]
 
 

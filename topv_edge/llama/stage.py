@@ -32,6 +32,9 @@ class ImageReport:
     tiles: tuple[int, int] = (0, 0)      # the picture's grid of tiles (columns, rows)
     budget: int = 0       # grid tokens this chunk was given of the picture's budget (0 when not pruning)
     kept_whole: bool = False  # not pruned because keep (or its share of a tiled picture's budget) covers it all
+    video: str = ""       # the video it is frames of (llama.cpp's id of the file: its SHA-256), "" for a picture
+    frame: int = -1       # a video's chunk: its first frame, counted from 0
+    n_frames: int = 1     # frames in the chunk (a Qwen-VL encoder merges two in time)
 
     @property
     def kept_fraction(self) -> float:
@@ -56,9 +59,18 @@ def configure_topv(libs: llama_libs.LlamaLibs, mctx: Any, options: TopVOptions, 
         raise ChatError(f"TopV parameters rejected by llama.cpp: {status_string(rc)}")
 
 
-def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms: float) -> ImageReport:
+def video_frame_of(chunk_id: str) -> tuple[str, int]:
+    """(video id, first frame) of a chunk llama.cpp's video reader made (its id is "<file sha256>+<frame>"), or
+    ("", -1) for a picture's chunk."""
+    video, plus, frame = chunk_id.rpartition("+")
+    return (video, int(frame)) if plus and video and frame.isdigit() else ("", -1)
+
+
+def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms: float,
+                 chunk_id: str = "") -> ImageReport:
     """What the TopV stage did with the image chunk just decoded; every chunk it did not prune gets a reason."""
     st = libs.topv_stats(mctx)
+    video, frame = video_frame_of(chunk_id)
     pruned = st.result == llama_libs.MTMD_TOPV_PRUNED
     role = libs.topv_chunk_role(st.role)
     if pruned:
@@ -74,7 +86,8 @@ def image_report(libs: llama_libs.LlamaLibs, mctx: Any, n_tokens: int, encode_ms
                        encode_ms=encode_ms, probe_ms=st.probe_ms, pass_ms=st.pass_ms, decode_ms=st.decode_ms, note=note,
                        picture=st.picture, role=role, tile=(st.tile_x, st.tile_y) if role == "tile" else None,
                        tiles=(st.tiles_x, st.tiles_y), budget=st.n_budget,
-                       kept_whole=st.result == llama_libs.MTMD_TOPV_KEEP_ALL)
+                       kept_whole=st.result == llama_libs.MTMD_TOPV_KEEP_ALL, video=video, frame=frame,
+                       n_frames=max(1, st.n_frames))
 
 
 def decode_image(libs: llama_libs.LlamaLibs, mctx: Any, lctx: Any, chunk: Any, n_past: int, seq_id: int,
@@ -94,4 +107,5 @@ def decode_image(libs: llama_libs.LlamaLibs, mctx: Any, lctx: Any, chunk: Any, n
                                           ctypes.byref(new_n_past), M.mtmd_helper_post_decode_callback(), None)
     if rc != 0:
         raise ChatError(f"llama.cpp could not decode the image (code {rc}): {explain_llama_error(errors.errors())}")
-    return new_n_past.value, image_report(libs, mctx, n_tokens, encode_ms)
+    chunk_id = M.mtmd_input_chunk_get_id(chunk)
+    return new_n_past.value, image_report(libs, mctx, n_tokens, encode_ms, (chunk_id or b"").decode(errors="replace"))

@@ -26,7 +26,7 @@ from ..llama import libs as llama_libs
 from ..llama.stage import ImageReport, configure_topv, decode_image
 from ..options import (DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, TopVOptions, check_flash_attn, check_min_p,
                        check_threads, check_top_k, check_top_p)
-from .files import check_gguf, find_mmproj, read_image
+from .files import check_gguf, find_mmproj, is_video, read_media
 from .model import ModelPair, check_rpc_servers
 from .plan import ChunkPlan, PromptPlan
 from .reports import TurnReport
@@ -227,7 +227,7 @@ class VisionChat:
 
         After it, the model is ready to answer: `logits()` are the next-token logits, `generate()` samples.
         If it fails (ChatError), the conversation is as it was before the call."""
-        image_bytes = [read_image(p) for p in images]
+        image_bytes = [read_media(p) for p in images]
         content: list[dict[str, str]] = [{"type": "text", "text": self.marker} for _ in image_bytes]
         content.append({"type": "text", "text": text})
         messages = self.messages + [{"role": "user", "content": content}]
@@ -325,13 +325,22 @@ class VisionChat:
     def _tokenize(self, text: str, images: list[bytes]) -> Any:
         M = self.mtmd
         bitmaps = []
+        videos = []  # a video is a lazy bitmap whose frames its reader gives at mtmd_tokenize: freed after it
         try:
             for data in images:
                 buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-                bm = M.mtmd_helper_bitmap_init_from_buf(self.mctx, buf, len(data), False)
-                if not bm:
-                    raise ChatError("llama.cpp could not decode an image (unsupported format?)")
-                bitmaps.append(bm)
+                video = is_video(data)
+                if video and not M.mtmd_helper_support_video(self.mctx):
+                    raise ChatError("this llama.cpp build reads no video (built without MTMD_VIDEO)")
+                with self.log.capture() as log:
+                    got = M.mtmd_helper_bitmap_init_from_buf_wrapper(self.mctx, buf, len(data), False,
+                                                                     M.mtmd_helper_init_opt_default())
+                if got.video_ctx:
+                    videos.append(got.video_ctx)
+                if not got.bitmap:
+                    raise ChatError(f"llama.cpp could not read {'a video' if video else 'an image'}: "
+                                    f"{explain_llama_error(log.errors())}")
+                bitmaps.append(got.bitmap)
             inp = M.mtmd_input_text()
             raw = text.encode()
             inp.text = raw
@@ -353,6 +362,8 @@ class VisionChat:
         finally:
             for bm in bitmaps:
                 M.mtmd_bitmap_free(bm)
+            for video in videos:
+                M.mtmd_helper_video_free(video)
 
     def _plan(self, chunks: Any) -> PromptPlan:
         M = self.mtmd

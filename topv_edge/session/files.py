@@ -1,10 +1,11 @@
-"""The files a user names: the model, its mmproj (found beside it when not given), pictures.
+"""The files a user names: the model, its mmproj (found beside it when not given), pictures and videos.
 
 Each check gives one plain line naming the real cause; nothing here loads llama.cpp.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from ..errors import ChatError
@@ -38,6 +39,71 @@ def check_gguf(path: str | Path, what: str) -> Path:
         if f.read(4) != b"GGUF":
             raise ChatError(f"{what} {path} is not a GGUF file")
     return path
+
+
+def is_video(data: bytes) -> bool:
+    """Whether the bytes start like a video container ffmpeg reads: MP4 / QuickTime (an 'ftyp' box), Matroska /
+    WebM, AVI. (A GIF is a picture: Pillow and llama.cpp read it as one.)"""
+    return data[4:8] == b"ftyp" or data[:4] == b"\x1a\x45\xdf\xa3" or (data[:4] == b"RIFF" and data[8:12] == b"AVI ")
+
+
+def check_ffmpeg() -> None:
+    """llama.cpp reads a video's frames by running ffprobe and ffmpeg (MTMD_VIDEO): both must be on PATH."""
+    missing = [name for name in ("ffmpeg", "ffprobe") if shutil.which(name) is None]
+    if missing:
+        raise ChatError(f"reading a video needs the {' and '.join(missing)} program{'s' if len(missing) > 1 else ''}"
+                        f" on PATH, which llama.cpp runs to decode its frames (Debian/Ubuntu: apt install ffmpeg; "
+                        f"macOS: brew install ffmpeg)")
+
+
+def moov_after_mdat(data: bytes) -> bool:
+    """Whether an MP4 / QuickTime file keeps its index (the 'moov' box) after its media data ('mdat'), as most
+    encoders write it unless told to "fast start"; False for anything else."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"moov":
+            return False
+        if kind == b"mdat":
+            return True
+        if size == 1 and pos + 16 <= len(data):  # a 64-bit size follows the type
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        if size < 8:  # 0: the box runs to the end of the file
+            return False
+        pos += size
+    return False
+
+
+def faststart(path: Path, data: bytes) -> bytes:
+    """The video with its index first. llama.cpp hands a video to ffprobe and ffmpeg through a pipe, which cannot
+    seek back to an index at the end ("ffprobe failed on buffer"), so such an MP4 is remuxed first (a stream copy:
+    no frame is re-encoded)."""
+    if not moov_after_mdat(data):
+        return data
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / ("faststart" + (path.suffix or ".mp4"))
+        r = subprocess.run(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0", "-c", "copy",
+                            "-movflags", "+faststart", str(out)], capture_output=True, text=True)
+        if r.returncode != 0 or not out.is_file():
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ChatError(f"{path} is a video ffmpeg cannot read ({last})")
+        return out.read_bytes()
+
+
+def read_media(path: str | Path) -> bytes:
+    """A picture's bytes (read_image), or a video's (its index first: faststart): llama.cpp decodes its frames
+    with ffmpeg."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        with open(p, "rb") as f:
+            head = f.read(12)
+        if is_video(head):
+            check_ffmpeg()
+            return faststart(p, p.read_bytes())
+    return read_image(p)
 
 
 def read_image(path: str | Path) -> bytes:

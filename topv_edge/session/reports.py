@@ -1,4 +1,4 @@
-"""What a turn did, for people and for --json: per picture and per turn (per image chunk: ImageReport)."""
+"""What a turn did, for people and for --json: per picture (or video) and per turn (per image chunk: ImageReport)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,18 @@ from ..llama.stage import ImageReport
 
 @dataclass
 class PictureReport:
-    """One picture of a turn and its image chunks (one, or an overview and tiles), in decode order."""
+    """One picture of a turn and its image chunks (one, or an overview and tiles), or one video and its frames'
+    chunks, in decode order."""
     index: int
     chunks: list[ImageReport]
+
+    @property
+    def is_video(self) -> bool:
+        return bool(self.chunks[0].video)
+
+    @property
+    def n_frames(self) -> int:
+        return sum(c.n_frames for c in self.chunks) if self.is_video else 0
 
     @property
     def n_tokens(self) -> int:
@@ -32,17 +41,28 @@ class PictureReport:
         return self.chunks[0].tiles
 
     def as_dict(self) -> dict[str, Any]:
-        return {"picture": self.index, "tiles": self.n_tiles, "tile_grid": list(self.tiles), "n_tokens": self.n_tokens,
-                "n_kept": self.n_kept, "kept_fraction": self.n_kept / self.n_tokens if self.n_tokens else 1.0,
-                "chunks": [{"role": c.role, "tile": list(c.tile) if c.tile else None, "n_tokens": c.n_tokens,
-                            "n_kept": c.n_kept, "pruned": c.pruned, "note": c.note} for c in self.chunks]}
+        chunks = []
+        for c in self.chunks:
+            d = {"role": c.role, "tile": list(c.tile) if c.tile else None, "n_tokens": c.n_tokens,
+                 "n_kept": c.n_kept, "pruned": c.pruned, "note": c.note}
+            if self.is_video:
+                d["frames"] = [c.frame, c.n_frames]  # first frame, frames merged in the chunk
+            chunks.append(d)
+        return {"picture": self.index, "video": self.is_video, "frames": self.n_frames, "tiles": self.n_tiles,
+                "tile_grid": list(self.tiles), "n_tokens": self.n_tokens, "n_kept": self.n_kept,
+                "kept_fraction": self.n_kept / self.n_tokens if self.n_tokens else 1.0, "chunks": chunks}
 
 
 def group_pictures(images: list[ImageReport]) -> list[PictureReport]:
-    """The chunks of a turn grouped into their pictures (consecutive chunks with the same picture index)."""
+    """The chunks of a turn grouped into their pictures (consecutive chunks with the same picture index) and
+    videos (consecutive chunks of the same video: its frames, one chunk each or two merged)."""
     pictures: list[PictureReport] = []
     for im in images:
-        if pictures and pictures[-1].index == im.picture and im.role != "single":
+        last = pictures[-1].chunks[-1] if pictures else None
+        if last is not None and im.video and im.video == last.video:
+            pictures[-1].chunks.append(im)
+        elif last is not None and not im.video and not last.video and pictures[-1].index == im.picture \
+                and im.role != "single":
             pictures[-1].chunks.append(im)
         else:
             pictures.append(PictureReport(im.picture, [im]))
