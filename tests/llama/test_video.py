@@ -6,13 +6,15 @@ nx x ny grid at one t). llama.cpp's reader writes a timestamp after the first fr
 to pruning off; at keep 0.25 every chunk is pruned, its kept set is the method's choice on its own probed features,
 the memory holds exactly the text and the kept tokens at their original (t, y, x), and the logits equal a decode by
 hand of only the kept rows. The chat reads a video file (also one whose index comes last) and reports it as one
-video of 8 frames; a file ffmpeg cannot read gets one line and the conversation goes on.
+video of 8 frames; a file ffmpeg cannot read gets one line and the conversation goes on. llama-mtmd-cli `--video`
+prunes every chunk through the same stage.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,3 +145,20 @@ def test_a_video_ffmpeg_cannot_read_is_refused_and_the_chat_goes_on(models_dir, 
         assert "\n" not in str(e.value)
         answer, report = chat.ask(QUESTION, [clips["faststart"]])
         assert report.pictures[0].n_frames == N_FRAMES
+
+
+def test_llama_mtmd_cli_prunes_every_chunk_of_a_video(models_dir, clips, libs):
+    """llama-mtmd-cli `--video` goes through the same stage: its log has one `topv:` line per chunk, each pruned to
+    a quarter of its tokens (the file with its index first: llama.cpp pipes a video to ffprobe)."""
+    from helpers.server import binary
+
+    model, mmproj = pair_paths("qwen3vl", "tiny", models_dir)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(libs.directory / "lib"))
+    r = subprocess.run([binary(libs, "llama-mtmd-cli"), "-m", str(model), "--mmproj", str(mmproj), "--video",
+                        str(clips["faststart"]), "-p", QUESTION, "-n", "2", "--temp", "0", "-t", "2", "--jinja",
+                        "--no-warmup", "--topv-keep", str(KEEP)],
+                       capture_output=True, text=True, errors="replace", env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pruned = [(int(n), int(k)) for n, k in re.findall(r"topv: .*?(\d+) tokens -> (\d+) kept", r.stderr)]
+    assert len(pruned) == len(CHUNK_FRAMES), r.stderr[-3000:]
+    assert all(k == round(KEEP * n) for n, k in pruned), pruned
