@@ -7,7 +7,7 @@ to pruning off; at keep 0.25 every chunk is pruned, its kept set is the method's
 the memory holds exactly the text and the kept tokens at their original (t, y, x), and the logits equal a decode by
 hand of only the kept rows. The chat reads a video file (also one whose index comes last) and reports it as one
 video of 8 frames; a file ffmpeg cannot read gets one line and the conversation goes on. llama-mtmd-cli `--video`
-prunes every chunk through the same stage.
+and llama-server's `video_url` prune every chunk through the same stage.
 """
 
 from __future__ import annotations
@@ -162,3 +162,24 @@ def test_llama_mtmd_cli_prunes_every_chunk_of_a_video(models_dir, clips, libs):
     pruned = [(int(n), int(k)) for n, k in re.findall(r"topv: .*?(\d+) tokens -> (\d+) kept", r.stderr)]
     assert len(pruned) == len(CHUNK_FRAMES), r.stderr[-3000:]
     assert all(k == round(KEEP * n) for n, k in pruned), pruned
+
+
+def test_llama_server_prunes_a_video_url_and_reports_its_kept_tokens(models_dir, clips, libs, tmp_path):
+    """llama-server's `video_url` (a data URI) goes through the same stage: every chunk pruned, and `timings`
+    gives the video's tokens before and after (patches/42)."""
+    import base64
+
+    from helpers.server import LlamaServer
+
+    model, mmproj = pair_paths("qwen3vl", "tiny", models_dir)
+    uri = "data:video/mp4;base64," + base64.b64encode(clips["faststart"].read_bytes()).decode()
+    with LlamaServer(libs, model, mmproj, tmp_path / "server.log", "--topv-keep", str(KEEP)) as server:
+        status, reply = server.chat([{"type": "video_url", "video_url": {"url": uri}},
+                                     {"type": "text", "text": QUESTION}], cache_prompt=False)
+        log = server.log()
+    assert status == 200, reply
+    pruned = [(int(n), int(k)) for n, k in re.findall(r"topv: .*?(\d+) tokens -> (\d+) kept", log)]
+    assert len(pruned) == len(CHUNK_FRAMES) and all(k == round(KEEP * n) for n, k in pruned), log[-3000:]
+    timings = reply["timings"]
+    assert (timings["image_tokens"], timings["image_tokens_kept"]) == (sum(n for n, _ in pruned),
+                                                                       sum(k for _, k in pruned))
