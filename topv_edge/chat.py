@@ -56,7 +56,7 @@ from .cli import (Parser, add_device_flags, device_options, add_pruning_flags, a
                   positive_int, pruning_options, run_command)
 from .errors import ChatError  # noqa: E402
 from .session import TurnReport, VisionChat  # noqa: E402
-from .session.files import read_media  # noqa: E402
+from .session.files import check_media  # noqa: E402
 
 COMMANDS = (("/image PATH [PATH ...]", "add pictures to your next message (quotes and ~ work)"),
             ("/stats", "what the last turn cost: image tokens before and after pruning, times, KV cells"),
@@ -238,7 +238,7 @@ def _stream(text: str) -> None:
 def _check_images(paths: Sequence[str]) -> None:
     """Every command-line picture is readable, before the model loads (a bad one ends the program: exit 2)."""
     for p in paths:
-        read_media(p)
+        check_media(p)
 
 
 class _Session:
@@ -388,7 +388,7 @@ def _usable(pending: list[str]) -> list[str]:
     good = []
     for path in pending:
         try:
-            read_media(path)
+            check_media(path)
             good.append(path)
         except ChatError as e:
             print(f"picture dropped: {e}", file=sys.stderr)
@@ -407,7 +407,7 @@ def _add_images(rest: str, pending: list[str]) -> None:
         return
     for path in paths:
         try:
-            read_media(path)
+            check_media(path)
         except ChatError as e:
             print(f"not added: {e}", file=sys.stderr)
             continue

@@ -114,6 +114,10 @@ int64_t mtmd_topv_chunk_budget(const mtmd_topv_params & params, const mtmd_topv_
 // names of the graph nodes the probe reads for layer `layer`: the layer's input (empty: the embeddings) and output
 void mtmd_topv_probe_nodes(const mtmd_topv_chunk_layout & layout, int32_t layer, std::string * source, std::string * target);
 
+// video frames in a chunk of these facts: n_temporal_merge consecutive frames that an M-RoPE encoder (Qwen-VL)
+// merges in time into one grid, or 1 (a picture, or one frame)
+int32_t mtmd_topv_merged_frames(const mtmd_topv_image_facts & facts);
+
 // Fills `out` and returns true when the table prunes the chunk of these facts (mtmd_topv_image_facts_of);
 // otherwise returns false with the reason.
 bool mtmd_topv_resolve_layout(const mtmd_topv_image_facts & facts, const llama_model * model,

@@ -198,6 +198,10 @@ const char * target_node_of(const std::string & arch) {
 
 } // namespace
 
+int32_t mtmd_topv_merged_frames(const mtmd_topv_image_facts & f) {
+    return f.n_temporal_merge > 1 && f.n_entries == f.n_temporal_merge ? (int32_t) f.n_entries : 1;
+}
+
 bool mtmd_topv_resolve_layout(const mtmd_topv_image_facts & f, const llama_model * model,
                               mtmd_topv_chunk_layout * out, std::string * reason) {
     if (!model || !out || !f.ctx_v) {
@@ -215,8 +219,7 @@ bool mtmd_topv_resolve_layout(const mtmd_topv_image_facts & f, const llama_model
     // one grid), except the frames an M-RoPE encoder merges in time: a Qwen-VL video chunk holds n_temporal_merge
     // consecutive frames, which its 3-D patch embedding turns into one nx x ny grid at one t (mtmd.cpp counts
     // nx * ny tokens for them)
-    const bool merged_frames = f.n_temporal_merge > 1 && f.n_entries == f.n_temporal_merge &&
-                               e->grid == grid_rule::mrope_nxny;
+    const bool merged_frames = mtmd_topv_merged_frames(f) > 1 && e->grid == grid_rule::mrope_nxny;
     if (f.n_entries != 1 && !merged_frames) {
         return decline(reason, "projector '" + name + "': a picture of " + std::to_string(f.n_entries) +
                                " slices or frames in one chunk is not a single grid");

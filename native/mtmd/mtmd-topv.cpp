@@ -283,23 +283,28 @@ int32_t mtmd_topv_chunk_n_kept(const mtmd_context * ctx, const llama_model * mod
 }
 
 // whether lctx makes the stage decode an image chunk whole that it would otherwise prune, and why (*result,
-// *reason): the TopV layer must lie below the model's last, and a probe needs the whole image in one batch and
-// one ubatch. The stage's plan and the cell count (mtmd_topv_chunk_n_cells) share this rule.
+// *reason, when given: the cell count asks on every generated token and needs no sentence): the TopV layer must
+// lie below the model's last, and a probe needs the whole image in one batch and one ubatch. The stage's plan and
+// the cell count (mtmd_topv_chunk_n_cells) share this rule.
 static bool topv_decoded_whole_in(const llama_context * lctx, const mtmd_topv_params & prm, bool probed,
                                   int32_t n_tokens, mtmd_topv_result * result, std::string * reason) {
     const int32_t n_layer = llama_model_n_layer(llama_get_model(lctx));
     if (prm.layer >= n_layer - 1) {
-        *result = MTMD_TOPV_LAYER_OUT_OF_RANGE;
-        *reason = "the TopV layer " + std::to_string(prm.layer) + " must be below the model's last layer (0.." +
-                  std::to_string(n_layer - 2) + ")";
+        if (result && reason) {
+            *result = MTMD_TOPV_LAYER_OUT_OF_RANGE;
+            *reason = "the TopV layer " + std::to_string(prm.layer) + " must be below the model's last layer (0.." +
+                      std::to_string(n_layer - 2) + ")";
+        }
         return true;
     }
     const uint32_t n_ubatch = llama_n_ubatch(lctx), n_batch = llama_n_batch(lctx);
     if (probed && ((int32_t) n_ubatch < n_tokens || (int32_t) n_batch < n_tokens)) {
-        *result = MTMD_TOPV_UBATCH_TOO_SMALL;
-        *reason = "the image has " + std::to_string(n_tokens) + " tokens, more than n_batch " +
-                  std::to_string(n_batch) + " / n_ubatch " + std::to_string(n_ubatch) +
-                  " (the probe needs the whole image in one ubatch)";
+        if (result && reason) {
+            *result = MTMD_TOPV_UBATCH_TOO_SMALL;
+            *reason = "the image has " + std::to_string(n_tokens) + " tokens, more than n_batch " +
+                      std::to_string(n_batch) + " / n_ubatch " + std::to_string(n_ubatch) +
+                      " (the probe needs the whole image in one ubatch)";
+        }
         return true;
     }
     return false;
@@ -309,15 +314,17 @@ int32_t mtmd_topv_chunk_n_cells(const mtmd_context * ctx, const llama_context * 
     if (!lctx) {
         return -1;
     }
-    const int32_t n_kept = mtmd_topv_chunk_n_kept(ctx, llama_get_model(lctx), chunk);
-    const int32_t n_tokens = chunk ? (int32_t) mtmd_input_chunk_get_n_tokens(chunk) : 0;
-    if (n_kept < 0 || n_kept >= n_tokens) {
-        return n_kept;
+    const int32_t n_kept = mtmd_topv_chunk_n_kept(ctx, llama_get_model(lctx), chunk); // -1: no ctx, not an image
+    if (n_kept < 0) {
+        return -1;
     }
-    mtmd_topv_result why     = MTMD_TOPV_PRUNED;
-    std::string      because;
-    return topv_decoded_whole_in(lctx, mtmd_topv_state_of(ctx)->params, mtmd_topv_probes(ctx), n_tokens, &why,
-                                 &because) ? n_tokens : n_kept;
+    const int32_t n_tokens = (int32_t) mtmd_input_chunk_get_n_tokens(chunk);
+    if (n_kept >= n_tokens) {
+        return n_tokens;
+    }
+    const bool whole = topv_decoded_whole_in(lctx, mtmd_topv_state_of(ctx)->params, mtmd_topv_probes(ctx), n_tokens,
+                                             nullptr, nullptr);
+    return whole ? n_tokens : n_kept;
 }
 
 bool mtmd_topv_probes(const mtmd_context * ctx) {
@@ -513,7 +520,7 @@ static void topv_begin_stats(mtmd_topv_state & st, const mtmd_topv_image_facts *
     st.stats.n_frames = 1;
     if (facts) { // where the chunk sits, also when it is not pruned
         const mtmd_topv_picture_place & pl = facts->place;
-        st.stats.n_frames = facts->n_entries > 1 && facts->n_temporal_merge > 1 ? (int32_t) facts->n_entries : 1;
+        st.stats.n_frames = mtmd_topv_merged_frames(*facts);
         st.stats.picture = pl.picture;
         st.stats.role    = pl.role;
         st.stats.tile_x  = pl.tile_x;

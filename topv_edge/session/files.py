@@ -93,17 +93,32 @@ def faststart(path: Path, data: bytes) -> bytes:
         return out.read_bytes()
 
 
+def _video_path(path: str | Path) -> Path | None:
+    """The path ('~' expanded) when it names a video file (is_video), else None."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return None
+    with open(p, "rb") as f:
+        return p if is_video(f.read(12)) else None
+
+
+def check_media(path: str | Path) -> None:
+    """What a command line checks before the model loads: a picture Pillow decodes (read_image), or a video with
+    ffmpeg on PATH. (A video's frames are read once, by llama.cpp, when it goes with a message: read_media.)"""
+    if _video_path(path) is not None:
+        check_ffmpeg()
+    else:
+        read_image(path)
+
+
 def read_media(path: str | Path) -> bytes:
     """A picture's bytes (read_image), or a video's (its index first: faststart): llama.cpp decodes its frames
     with ffmpeg."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        with open(p, "rb") as f:
-            head = f.read(12)
-        if is_video(head):
-            check_ffmpeg()
-            return faststart(p, p.read_bytes())
-    return read_image(p)
+    video = _video_path(path)
+    if video is None:
+        return read_image(path)
+    check_ffmpeg()
+    return faststart(video, video.read_bytes())
 
 
 def read_image(path: str | Path) -> bytes:
